@@ -1,0 +1,77 @@
+"""`nightseg <command>`: the command-line entry point.
+
+Each command lives in its own module under `nightseg.commands`, which exposes
+``register(subparsers, common)``: it adds its parser (with ``parents=[common]``) and sets
+``func=<callable taking the parsed args and returning an exit code>``. Commands are imported lazily
+only for the command being run, so ``nightseg --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from nightseg import __version__
+from nightseg.errors import UserError
+
+# command name -> module under nightseg.commands; one line per command.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "eval": ("eval_folder", "score a folder of prediction PNGs against ground truth"),
+}
+
+log = logging.getLogger("nightseg")
+
+
+def _common_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    return common
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Return the full argument parser; with `only`, import just that command's module."""
+    common = _common_parser()
+    parser = argparse.ArgumentParser(
+        prog="nightseg",
+        description="Semantic segmentation of driving scenes at night.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"nightseg {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        if only is None or name == only:
+            mod = importlib.import_module(f"nightseg.commands.{module}")
+            mod.register(subparsers, common)
+        else:
+            subparsers.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit code (0 ok, 1 failed check, 2 bad input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s")
+    try:
+        parser = build_parser(only=command if command in COMMANDS else None)
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0 if command is None else 2
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

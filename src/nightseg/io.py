@@ -1,0 +1,132 @@
+"""Reading and writing images and label maps safely.
+
+Every reader converts what is safe to convert (grayscale, RGBA, 16-bit, palette images) and raises a
+`UserError` naming the file for what is not (corrupt files, RGB label maps). Every writer is atomic:
+it writes a temporary file in the destination folder and renames it, so a kill never leaves a
+half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from nightseg.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _open(path: Path) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"{path}: cannot decode image ({exc}); re-export it as PNG or JPEG") from exc
+    return img
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Return the image at `path` as an HxWx3 uint8 RGB array.
+
+    Grayscale is replicated to 3 channels, alpha is dropped, 16-bit images are scaled to 8 bits.
+    """
+    img = _open(Path(path))
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if arr.max() > 255 else 255.0
+        arr = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """Return the single-channel label map at `path` as an HxW uint8 array.
+
+    Palette ("P") PNGs give their indices. RGB label maps are refused: NightSeg expects id maps
+    (trainIds or labelIds), not colour visualisations.
+    """
+    path = Path(path)
+    img = _open(path)
+    if img.mode in ("L", "P"):
+        return np.asarray(img, dtype=np.uint8).copy()
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img)
+        if arr.max() > 255:
+            raise UserError(f"{path}: label ids up to {int(arr.max())} do not fit the 8-bit id maps NightSeg expects")
+        return arr.astype(np.uint8)
+    if img.mode in ("RGB", "RGBA"):
+        arr = np.asarray(img)
+        if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
+            return arr[..., 0].copy()
+        raise UserError(
+            f"{path}: label map is a colour ({img.mode}) image; expected a single-channel id map "
+            "(e.g. *_labelTrainIds.png), not a colour visualisation"
+        )
+    raise UserError(f"{path}: unsupported label image mode {img.mode!r}; expected an 8-bit single-channel PNG")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it onto `path`, on failure remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray, palette: np.ndarray | None = None) -> Path:
+    """Atomically write a uint8 (HxW or HxWx3) or uint16 (HxW) array as PNG and return the path.
+
+    With `palette` (Nx3 uint8), an HxW array is written as a palette PNG.
+    """
+    array = np.ascontiguousarray(array)
+    if array.dtype == np.uint16:
+        img = Image.fromarray(array, mode="I;16") if array.ndim == 2 else None
+        if img is None:
+            raise ValueError("uint16 PNGs must be single-channel")
+    else:
+        img = Image.fromarray(array.astype(np.uint8, copy=False))
+    if palette is not None and array.ndim == 2:
+        img = img.convert("P")
+        flat = np.zeros((256, 3), dtype=np.uint8)
+        flat[: len(palette)] = palette
+        img.putpalette(flat.reshape(-1).tolist())
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Atomically write `data` as indented JSON and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    return Path(path)
+
+
+def list_images(folder: str | os.PathLike, suffix: str | None = None) -> list[Path]:
+    """Return the image files under `folder` (recursively), sorted; raise a UserError if it is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: folder not found")
+    suffixes = (suffix,) if suffix else IMAGE_SUFFIXES
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes))
