@@ -32,7 +32,7 @@ def _common_parser() -> argparse.ArgumentParser:
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """Return the full argument parser; with `only`, import just that command's module."""
+    """Return the argument parser; only the `only` command's module is imported and fully registered."""
     common = _common_parser()
     parser = argparse.ArgumentParser(
         prog="nightseg",
@@ -42,7 +42,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nightseg {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        if only is None or name == only:
+        if name == only:
             mod = importlib.import_module(f"nightseg.commands.{module}")
             mod.register(subparsers, common)
         else:
