@@ -95,7 +95,8 @@ def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], s
         if unexpected:
             detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         raise UserError(f"{source}: weights do not fit this architecture: {', '.join(detail)} keys; was it saved for a different model?")
-    for key, value in tensors.items():
+    for key in own:
+        value = tensors[key]
         if own[key].shape != value.shape:
             raise UserError(
                 f"{source}: tensor {key} has shape {tuple(value.shape)}, the model expects {tuple(own[key].shape)} "

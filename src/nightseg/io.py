@@ -101,9 +101,9 @@ def write_png(path: str | os.PathLike, array: np.ndarray, palette: np.ndarray | 
     """
     array = np.ascontiguousarray(array)
     if array.dtype == np.uint16:
-        img = Image.fromarray(array, mode="I;16") if array.ndim == 2 else None
-        if img is None:
+        if array.ndim != 2:
             raise ValueError("uint16 PNGs must be single-channel")
+        img = Image.fromarray(array)  # Pillow infers 16-bit grayscale ("I;16")
     else:
         img = Image.fromarray(array.astype(np.uint8, copy=False))
     if palette is not None and array.ndim == 2:
