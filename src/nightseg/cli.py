@@ -20,6 +20,9 @@ from nightseg.errors import UserError
 # command name -> module under nightseg.commands; one line per command.
 COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval_folder", "score a folder of prediction PNGs against ground truth"),
+    "relight": ("relight", "train or apply the Zero-DCE relighting network"),
+    "data": ("data", "check a dataset copy: counts, unmatched files, label values, sizes"),
+    "train": ("train", "train a model from a YAML recipe"),
 }
 
 log = logging.getLogger("nightseg")

@@ -1,0 +1,97 @@
+"""Datasets for night-time segmentation, joint transforms and batched photometric augmentation.
+
+``build_dataset(name, root, split, **kw)`` builds any dataset by name (see ``DATASET_NAMES``); every
+dataset validates its root at construction and returns samples following the data contract
+(`nightseg.data.common`). Lightning DataModules live in `nightseg.data.datamodules` (imported on
+demand, so that `import nightseg.data` does not import Lightning).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nightseg.data.acdc import ACDC
+from nightseg.data.bdd100k import BDD100K
+from nightseg.data.cityscapes import Cityscapes
+from nightseg.data.common import LABEL_IDS, TRAIN_IDS, LabelMap, Listing, Record, SegmentationDataset
+from nightseg.data.dark_zurich import DarkZurich, DarkZurichPairs
+from nightseg.data.folder import FolderDataset
+from nightseg.data.nightcity import NightCity, NightCityPlus
+from nightseg.data.nighttime_driving import NighttimeDriving
+from nightseg.data.photometric import StrongConfig, WeakConfig, strong_augment, weak_augment
+from nightseg.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TRAIN_PRESETS,
+    RandomScaleCrop,
+    Resize,
+    denormalize_imagenet,
+    normalize_imagenet,
+    preset_transform,
+    train_transform,
+)
+from nightseg.errors import UserError
+
+DATASETS: dict[str, type[SegmentationDataset]] = {
+    "cityscapes": Cityscapes,
+    "dark_zurich": DarkZurich,
+    "dark_zurich_pairs": DarkZurichPairs,
+    "acdc": ACDC,
+    "nighttime_driving": NighttimeDriving,
+    "nightcity": NightCity,
+    "nightcity+": NightCityPlus,
+    "bdd100k": BDD100K,
+    "folder": FolderDataset,
+}
+DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
+
+
+def dataset_class(name: str) -> type[SegmentationDataset]:
+    """Return the dataset class registered as `name` (case-insensitive, '-' = '_'); UserError if unknown."""
+    key = name.strip().lower().replace("-", "_")
+    if key not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
+    return DATASETS[key]
+
+
+def build_dataset(name: str, root: str | Path, split: str | None = None, **kw: Any) -> SegmentationDataset:
+    """Return dataset `name` at `root` for `split` (its default split when None); `kw` go to the class."""
+    cls = dataset_class(name)
+    return cls(root, split, **kw) if split is not None else cls(root, **kw)
+
+
+__all__ = [
+    "ACDC",
+    "BDD100K",
+    "DATASETS",
+    "DATASET_NAMES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LABEL_IDS",
+    "TRAIN_IDS",
+    "TRAIN_PRESETS",
+    "Cityscapes",
+    "DarkZurich",
+    "DarkZurichPairs",
+    "FolderDataset",
+    "LabelMap",
+    "Listing",
+    "NightCity",
+    "NightCityPlus",
+    "NighttimeDriving",
+    "RandomScaleCrop",
+    "Record",
+    "Resize",
+    "SegmentationDataset",
+    "StrongConfig",
+    "WeakConfig",
+    "build_dataset",
+    "dataset_class",
+    "denormalize_imagenet",
+    "normalize_imagenet",
+    "preset_transform",
+    "strong_augment",
+    "train_transform",
+    "weak_augment",
+]

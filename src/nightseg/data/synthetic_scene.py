@@ -1,0 +1,1186 @@
+"""Procedural street layouts for the synthetic day/night benchmark: geometry and labels only.
+
+A scene is built in a right-handed world frame in metres: X to the right, Y up, Z forward along the
+street, the ground at Y = 0. Everything is a planar polygon ("primitive") lying in one of three kinds of
+plane (X = const for facades and vehicle sides, Y = const for the ground and roofs, Z = const for
+billboards and vehicle fronts), so that the renderer can recover each pixel's 3-D position and normal
+exactly from the plane of the primitive that covers it. Primitives carry a Cityscapes labelId, a
+linear-RGB albedo, a procedural pattern and a night emission; lights and shadow casters are listed
+beside them. Painter's order is given by (layer, distance) keys: ground first, then facades far to
+near, then standing objects far to near.
+
+A :class:`Scene` holds the static layout (road, sidewalks, buildings, poles, vegetation, ...) once and
+any number of dynamic sets (vehicles, people) sampled independently, so that a day/night pair shares
+its static layout but not its traffic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from cityscapesscripts.helpers.labels import name2label
+
+# --- labels ---------------------------------------------------------------------------------------
+
+L = {name: lab.id for name, lab in name2label.items() if lab.id >= 0}
+"""Cityscapes labelId by class name (e.g. ``L["road"] == 7``); void ids included (ego vehicle, static)."""
+
+# plane axes of a primitive
+AX_X, AX_Y, AX_Z, AX_SKY = 0, 1, 2, 3
+
+# procedural patterns evaluated per pixel by the renderer
+PAT_NONE, PAT_FACADE, PAT_PAVERS, PAT_FENCE, PAT_LEAVES, PAT_GLASS = 0, 1, 2, 3, 4, 5
+N_PARAMS = 8
+
+# painter layers
+LAYER_SKY, LAYER_FAR, LAYER_GROUND, LAYER_MARK, LAYER_BACK, LAYER_FACADE, LAYER_LINE, LAYER_STAND = range(8)
+
+
+def srgb(*rgb: float) -> tuple[float, float, float]:
+    """Return the linear-light albedo of an sRGB colour given as 0..255 components."""
+    return tuple(float((c / 255.0) ** 2.2) for c in rgb)  # type: ignore[return-value]
+
+
+FACADE_COLORS = [srgb(*c) for c in [
+    (200, 190, 170), (225, 220, 205), (180, 170, 160), (150, 90, 70), (170, 120, 90), (210, 190, 140),
+    (160, 160, 165), (120, 115, 110), (190, 200, 195), (215, 180, 150), (110, 100, 95), (90, 95, 105),
+    (200, 160, 120), (235, 230, 225), (140, 150, 120), (175, 185, 200)]]
+CAR_COLORS = [srgb(*c) for c in [
+    (230, 230, 232), (22, 22, 24), (150, 150, 155), (95, 97, 100), (150, 25, 28), (30, 50, 110),
+    (28, 62, 42), (205, 175, 45), (185, 165, 135), (65, 35, 25), (105, 135, 165), (205, 95, 35),
+    (60, 60, 62), (200, 200, 190), (120, 125, 110), (45, 70, 95)]]
+CLOTHES = [srgb(*c) for c in [
+    (30, 30, 35), (52, 46, 40), (22, 32, 62), (82, 82, 88), (125, 22, 32), (152, 140, 120),
+    (205, 205, 195), (62, 82, 52), (185, 122, 42), (92, 52, 92), (42, 92, 132), (230, 230, 222),
+    (45, 60, 90), (110, 85, 60)]]
+SKIN = [srgb(*c) for c in [(232, 192, 162), (202, 152, 112), (142, 96, 66), (92, 62, 42)]]
+SIDEWALK_COLORS = [srgb(*c) for c in [
+    (150, 146, 140), (172, 162, 150), (128, 125, 126), (162, 122, 110), (120, 120, 130), (185, 180, 170)]]
+VEG_COLORS = [srgb(*c) for c in [
+    (62, 92, 40), (46, 76, 36), (82, 112, 52), (92, 102, 42), (40, 60, 36), (112, 112, 52), (70, 85, 45)]]
+TERRAIN_COLORS = [srgb(*c) for c in [
+    (112, 122, 62), (100, 112, 56), (122, 106, 80), (92, 102, 52), (142, 130, 92), (130, 128, 80)]]
+WALL_COLORS = [srgb(*c) for c in [
+    (172, 166, 160), (140, 136, 130), (152, 92, 72), (192, 186, 170), (110, 110, 106), (205, 200, 190)]]
+FENCE_COLORS = [srgb(*c) for c in [
+    (62, 66, 62), (92, 92, 97), (42, 72, 52), (122, 92, 62), (152, 152, 152), (32, 32, 32), (180, 40, 40)]]
+POLE_COLORS = [srgb(*c) for c in [(102, 106, 112), (72, 76, 72), (132, 132, 132), (52, 62, 56), (150, 145, 120)]]
+GLASS = srgb(35, 42, 50)
+TYRE = srgb(22, 22, 22)
+
+LAMP_COLORS = {  # night light-source colours (linear RGB, unnormalised)
+    "sodium": (1.0, 0.52, 0.16),
+    "led": (0.86, 0.92, 1.0),
+    "warm_led": (1.0, 0.82, 0.6),
+    "mercury": (0.78, 1.0, 0.9),
+}
+
+
+# --- camera -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Camera:
+    """Pinhole camera without rotation: focal length and principal point in pixels, position in metres."""
+
+    f: float
+    cx: float
+    cy: float
+    x: float
+    y: float
+    z: float
+    height: int
+    width: int
+
+    def project(self, pts: np.ndarray) -> np.ndarray:
+        """Return the Nx2 pixel coordinates (u, v) of Nx3 world points (which must be in front)."""
+        zc = pts[:, 2] - self.z
+        u = self.cx + self.f * (pts[:, 0] - self.x) / zc
+        v = self.cy - self.f * (pts[:, 1] - self.y) / zc
+        return np.stack([u, v], axis=1)
+
+    def offset(self, rng: np.random.Generator, strength: float = 1.0) -> tuple[Camera, dict]:
+        """Return a nearby camera (the other frame of a day/night pair) and the offset applied.
+
+        The offset is a small translation (lateral, forward, height) plus a pan/tilt (principal-point
+        shift) and a zoom (focal scale): the coarse, GPS-level correspondence of Dark Zurich pairs.
+        """
+        s = strength
+        d = {
+            "dx_m": float(rng.uniform(-0.35, 0.35) * s),
+            "dz_m": float(rng.uniform(-1.5, 1.5) * s),
+            "dy_m": float(rng.uniform(-0.06, 0.06) * s),
+            "shift_u": float(rng.uniform(-0.03, 0.03) * s * self.width),
+            "shift_v": float(rng.uniform(-0.025, 0.025) * s * self.height),
+            "zoom": float(math.exp(rng.uniform(-0.04, 0.04) * s)),
+        }
+        cam = replace(
+            self,
+            f=self.f * d["zoom"],
+            cx=self.cx + d["shift_u"],
+            cy=self.cy + d["shift_v"],
+            x=self.x + d["dx_m"],
+            y=self.y + d["dy_m"],
+            z=self.z + d["dz_m"],
+        )
+        return cam, d
+
+
+# --- primitives --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Light:
+    """A night light source: position, linear colour*intensity, optional spot direction, visible glow."""
+
+    pos: tuple[float, float, float]
+    color: tuple[float, float, float]
+    intensity: float
+    direction: tuple[float, float, float] | None = None
+    exponent: float = 0.0
+    glow: float = 0.0  # brightness of the emitter as seen by the camera (bloom source)
+    illuminates: bool = True
+
+
+@dataclass
+class PrimSet:
+    """A growing list of planar polygons with per-primitive attributes, lights and shadow casters."""
+
+    polys: list[list[np.ndarray]] = field(default_factory=list)
+    label: list[int] = field(default_factory=list)
+    albedo: list[tuple[float, float, float]] = field(default_factory=list)
+    axis: list[int] = field(default_factory=list)
+    value: list[float] = field(default_factory=list)
+    pattern: list[int] = field(default_factory=list)
+    params: list[tuple[float, ...]] = field(default_factory=list)
+    tex: list[tuple[float, int]] = field(default_factory=list)
+    emit: list[tuple[float, float, float]] = field(default_factory=list)
+    emit_day: list[tuple[float, float, float]] = field(default_factory=list)
+    keys: list[tuple[int, float, int]] = field(default_factory=list)
+    lights: list[Light] = field(default_factory=list)
+    casters: list[tuple] = field(default_factory=list)
+
+    def add(
+        self,
+        polys: list[np.ndarray] | np.ndarray,
+        label: int,
+        albedo: tuple[float, float, float],
+        axis: int,
+        value: float,
+        layer: int,
+        depth: float,
+        *,
+        pattern: int = PAT_NONE,
+        params: tuple[float, ...] = (),
+        tex: float = 0.08,
+        tex_scale: int = 1,
+        emit: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        emit_day: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        order: int = 0,
+    ) -> None:
+        """Append one primitive (one or more polygons of Nx3 world points sharing its attributes)."""
+        if isinstance(polys, np.ndarray):
+            polys = [polys]
+        self.polys.append([np.asarray(p, dtype=np.float64) for p in polys])
+        self.label.append(int(label))
+        self.albedo.append(tuple(float(a) for a in albedo))  # type: ignore[arg-type]
+        self.axis.append(axis)
+        self.value.append(float(value))
+        self.pattern.append(pattern)
+        self.params.append(tuple(params) + (0.0,) * (N_PARAMS - len(params)))
+        self.tex.append((float(tex), int(tex_scale)))
+        self.emit.append(tuple(float(e) for e in emit))  # type: ignore[arg-type]
+        self.emit_day.append(tuple(float(e) for e in emit_day))  # type: ignore[arg-type]
+        self.keys.append((layer, -float(depth), order))
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+
+# geometry helpers: polygons in the three plane kinds
+
+
+def quad_x(x: float, z0: float, z1: float, y0: float, y1: float) -> np.ndarray:
+    """Rectangle in the plane X = x spanning [z0, z1] x [y0, y1]."""
+    return np.array([[x, y0, z0], [x, y0, z1], [x, y1, z1], [x, y1, z0]], dtype=np.float64)
+
+
+def quad_y(x0: float, x1: float, z0: float, z1: float, y: float = 0.0) -> np.ndarray:
+    """Rectangle in the plane Y = y spanning [x0, x1] x [z0, z1]."""
+    return np.array([[x0, y, z0], [x1, y, z0], [x1, y, z1], [x0, y, z1]], dtype=np.float64)
+
+
+def quad_z(x0: float, x1: float, y0: float, y1: float, z: float) -> np.ndarray:
+    """Rectangle in the plane Z = z spanning [x0, x1] x [y0, y1]."""
+    return np.array([[x0, y0, z], [x1, y0, z], [x1, y1, z], [x0, y1, z]], dtype=np.float64)
+
+
+def poly_z(xy: list[tuple[float, float]] | np.ndarray, z: float) -> np.ndarray:
+    """Polygon in the plane Z = z from 2-D (x, y) vertices."""
+    xy = np.asarray(xy, dtype=np.float64)
+    return np.concatenate([xy, np.full((len(xy), 1), z)], axis=1)
+
+
+def ellipse_z(cx: float, cy: float, rx: float, ry: float, z: float, n: int = 14,
+              rng: np.random.Generator | None = None, jitter: float = 0.0) -> np.ndarray:
+    """Ellipse (optionally with jittered radius: a blob) in the plane Z = z."""
+    a = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    r = 1.0 + (rng.uniform(-jitter, jitter, n) if rng is not None and jitter else 0.0)
+    return poly_z(np.stack([cx + rx * r * np.cos(a), cy + ry * r * np.sin(a)], axis=1), z)
+
+
+def ellipse_x(x: float, cz: float, cy: float, rz: float, ry: float, n: int = 14) -> np.ndarray:
+    """Ellipse in the plane X = x (a wheel seen on a vehicle side)."""
+    a = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.stack([np.full(n, x), cy + ry * np.sin(a), cz + rz * np.cos(a)], axis=1)
+
+
+def segment_z(x0: float, y0: float, x1: float, y1: float, width: float, z: float) -> np.ndarray:
+    """A thick line segment (a bar of a bicycle frame, an arm) in the plane Z = z."""
+    dx, dy = x1 - x0, y1 - y0
+    n = math.hypot(dx, dy) or 1.0
+    ox, oy = -dy / n * width / 2, dx / n * width / 2
+    return poly_z([(x0 + ox, y0 + oy), (x1 + ox, y1 + oy), (x1 - ox, y1 - oy), (x0 - ox, y0 - oy)], z)
+
+
+# --- scene ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scene:
+    """A static street layout, its camera, its look (lighting parameters) and its dynamic sets."""
+
+    camera: Camera
+    static: PrimSet
+    dynamics: list[PrimSet]
+    look: dict
+    street: dict
+    domain: str
+
+
+def _choice(rng: np.random.Generator, seq: list):
+    return seq[int(rng.integers(len(seq)))]
+
+
+def _jitter(rng: np.random.Generator, color: tuple[float, float, float], amount: float = 0.15) -> tuple:
+    g = rng.uniform(1 - amount, 1 + amount)
+    return tuple(float(np.clip(c * g * rng.uniform(1 - amount / 3, 1 + amount / 3), 0, 1)) for c in color)
+
+
+class _Builder:
+    """Samples one street: static layout into `self.static`, traffic via `dynamic()`."""
+
+    def __init__(self, rng: np.random.Generator, height: int, width: int, domain: str):
+        self.rng = rng
+        self.height, self.width, self.domain = height, width, domain
+        self.static = PrimSet()
+
+    # ----- street cross-section and camera
+    def sample_street(self) -> dict:
+        rng = self.rng
+        lane_w = rng.uniform(2.9, 3.5)
+        n_r = int(_choice(rng, [1, 1, 2, 2, 2, 3]))
+        n_l = int(_choice(rng, [0, 1, 1, 1, 2, 2]))
+        park_r = rng.random() < 0.6
+        park_l = rng.random() < 0.55
+        x_r = n_r * lane_w + park_r * 2.2
+        x_l = -(n_l * lane_w + park_l * 2.2) - (0.0 if n_l else 0.5)
+        sides = {}
+        for s, xe in ((-1, x_l), (1, x_r)):
+            strip = rng.uniform(1.0, 2.5) if rng.random() < 0.3 else 0.0
+            walk = rng.uniform(1.8, 5.0)
+            garden = rng.uniform(2.0, 6.0) if rng.random() < 0.25 else 0.0
+            sides[s] = {
+                "x_curb": xe,
+                "strip": strip,
+                "walk": walk,
+                "x_walk0": xe + s * strip,
+                "x_line": xe + s * (strip + walk),
+                "garden": garden,
+                "x_bld": xe + s * (strip + walk + garden),
+                "curb_h": rng.uniform(0.1, 0.16),
+                "park": park_r if s > 0 else park_l,
+                "walk_color": _jitter(rng, _choice(rng, SIDEWALK_COLORS), 0.12),
+                "trees": rng.random() < (0.75 if strip else 0.45),
+            }
+        z_end = float(rng.uniform(70, 260))
+        inters = []
+        z = rng.uniform(12, 45)
+        while z < min(z_end - 20, 150) and len(inters) < 2:
+            if rng.random() < 0.55:
+                w = rng.uniform(9, 18)
+                inters.append((float(z), float(z + w), [s for s in (-1, 1) if rng.random() < 0.85] or [1]))
+                z += w + rng.uniform(30, 70)
+            else:
+                z += rng.uniform(20, 50)
+        return {
+            "lane_w": lane_w, "n_r": n_r, "n_l": n_l, "x_l": x_l, "x_r": x_r, "sides": sides,
+            "z_end": z_end, "inters": inters, "road_color": srgb(*([rng.uniform(70, 115)] * 3)),
+            "tram": rng.random() < 0.12,
+        }
+
+    def sample_camera(self, st: dict) -> Camera:
+        rng = self.rng
+        w, h = self.width, self.height
+        lane = int(rng.integers(st["n_r"]))
+        x = (lane + 0.5) * st["lane_w"] + rng.uniform(-0.3, 0.3)
+        return Camera(
+            f=w * rng.uniform(0.85, 1.15),
+            cx=w * rng.uniform(0.46, 0.54),
+            cy=h * rng.uniform(0.38, 0.47),
+            x=float(x),
+            y=float(rng.uniform(1.25, 1.7)),
+            z=0.0,
+            height=h,
+            width=w,
+        )
+
+    def in_inter(self, st: dict, z0: float, z1: float, side: int) -> bool:
+        return any(a - 1 < z1 and z0 < b + 1 and side in sides for a, b, sides in st["inters"])
+
+    # ----- static layout
+    def build_static(self) -> tuple[dict, Camera]:
+        st = self.sample_street()
+        cam = self.sample_camera(st)
+        self.st, self.cam = st, cam
+        self._sky()
+        self._ground(st)
+        for s in (-1, 1):
+            self._side(st, s)
+        self._far_end(st)
+        self._street_furniture(st)
+        return st, cam
+
+    def _sky(self) -> None:
+        self.static.add(quad_z(-1e4, 1e4, -1e4, 1e4, 1e5), L["sky"], (0, 0, 0), AX_SKY, 1e5, LAYER_SKY, 1e9)
+
+    def _ground(self, st: dict) -> None:
+        rng, P = self.rng, self.static
+        z_end = st["z_end"] + 5
+        road_tex = rng.uniform(0.06, 0.14)
+        # road surface (extends under intersections on both sides)
+        P.add(quad_y(st["x_l"] - 0.01, st["x_r"] + 0.01, -2, z_end), L["road"], st["road_color"], AX_Y, 0.0,
+              LAYER_GROUND, 1e6, tex=road_tex, tex_scale=0)
+        white = srgb(215, 215, 210)
+        # lane markings: dashed lane lines, centre line, edge lines
+        lines = []
+        for k in range(1, st["n_r"]):
+            lines.append((k * st["lane_w"], True))
+        for k in range(1, st["n_l"]):
+            lines.append((-k * st["lane_w"], True))
+        if st["n_l"]:
+            lines.append((0.0, rng.random() < 0.5))
+        period, dash = rng.uniform(9, 14), rng.uniform(3, 6)
+        for x, dashed in lines:
+            z = rng.uniform(0, period)
+            segs = []
+            while z < z_end:
+                if not any(a < z + dash and z < b for a, b, _ in st["inters"]):
+                    segs.append((z, z + (dash if dashed else period)))
+                z += period
+            for a, b in segs:
+                P.add(quad_y(x - 0.07, x + 0.07, a, b, 0.002), L["road"], white, AX_Y, 0.002, LAYER_MARK, 1e5,
+                      tex=0.05)
+        if rng.random() < 0.5:
+            for s in (-1, 1):
+                if st["sides"][s]["park"]:
+                    x = st["x_r"] - 2.2 if s > 0 else st["x_l"] + 2.2
+                    P.add(quad_y(x - 0.06, x + 0.06, 0, z_end, 0.002), L["road"], white, AX_Y, 0.002, LAYER_MARK,
+                          1e5, tex=0.05)
+        # intersections: cross road, crosswalks, far sidewalk corners
+        for a, b, sides in st["inters"]:
+            cw = rng.random() < 0.8
+            if cw:
+                zc0 = a - 4.5
+                x = st["x_l"] + 0.3
+                while x < st["x_r"] - 0.5:
+                    P.add(quad_y(x, x + 0.5, zc0, zc0 + 3.5, 0.002), L["road"], white, AX_Y, 0.002, LAYER_MARK,
+                          1e5, tex=0.05)
+                    x += 1.0
+            # stop line
+            P.add(quad_y(0.1, st["x_r"] - 0.1, a - 5.2, a - 4.9, 0.002), L["road"], white, AX_Y, 0.002,
+                  LAYER_MARK, 1e5, tex=0.05)
+            for s in sides:
+                x0 = st["sides"][s]["x_curb"]
+                xs = sorted((x0, x0 + s * 120))
+                P.add(quad_y(xs[0], xs[1], a + 2.5, b - 2.5), L["road"], st["road_color"], AX_Y, 0.0,
+                      LAYER_GROUND, 1e6, tex=road_tex, tex_scale=0)
+        if st["tram"]:
+            # tram rails embedded in the road are labelled road (as in Cityscapes)
+            for x in (-0.75, 0.75):
+                xc = (st["x_l"] + 2.0) if st["n_l"] else st["x_r"] - 2.0
+                P.add(quad_y(xc + x - 0.05, xc + x + 0.05, 0, z_end, 0.003), L["road"], srgb(140, 140, 145),
+                      AX_Y, 0.003, LAYER_MARK, 1e5, tex=0.05)
+
+    def _side(self, st: dict, s: int) -> None:
+        rng, P = self.rng, self.static
+        sd = st["sides"][s]
+        h_curb = sd["curb_h"]
+        z_end = st["z_end"]
+        # sidewalk & curb & strip, interrupted by intersections
+        spans = []
+        z = -2.0
+        for a, b, sides in st["inters"]:
+            if s in sides:
+                spans.append((z, a))
+                z = b
+        spans.append((z, z_end + 5))
+        xc, xw0, xl, xb = sd["x_curb"], sd["x_walk0"], sd["x_line"], sd["x_bld"]
+        walk_tex = rng.uniform(0.06, 0.14)
+        paver = (rng.uniform(0.3, 0.6), rng.uniform(0.3, 0.6), rng.uniform(0.4, 0.85))
+        for z0, z1 in spans:
+            if z1 - z0 < 0.5:
+                continue
+            P.add(quad_x(xc, z0, z1, 0.0, h_curb), L["sidewalk"], _jitter(rng, sd["walk_color"], 0.05), AX_X, xc,
+                  LAYER_GROUND, 1e6 - 1, tex=0.05)
+            xs = sorted((xc, xb + s * 0.01 if not sd["garden"] else xl))
+            P.add(quad_y(xs[0], xs[1], z0, z1, h_curb), L["sidewalk"], sd["walk_color"], AX_Y, h_curb,
+                  LAYER_GROUND, 1e6 - 2, pattern=PAT_PAVERS, params=paver, tex=walk_tex, tex_scale=0)
+            if sd["strip"]:
+                xs = sorted((xc + s * 0.25, xw0))
+                P.add(quad_y(xs[0], xs[1], z0 + 0.5, z1 - 0.5, h_curb + 0.01), L["terrain"],
+                      _jitter(rng, _choice(rng, TERRAIN_COLORS)), AX_Y, h_curb + 0.01, LAYER_MARK, 1e5 - 1,
+                      tex=0.3, tex_scale=1)
+            if sd["garden"]:
+                xs = sorted((xl, xb + s * 0.01))
+                P.add(quad_y(xs[0], xs[1], z0, z1, h_curb + 0.01), L["terrain"],
+                      _jitter(rng, _choice(rng, TERRAIN_COLORS)), AX_Y, h_curb + 0.01, LAYER_MARK, 1e5 - 1,
+                      tex=0.3, tex_scale=1)
+        # cross-street sidewalks and corner buildings
+        for a, b, sides in st["inters"]:
+            if s not in sides:
+                continue
+            for za, zb in ((a, a + 2.5), (b - 2.5, b)):
+                xs = sorted((xc, xc + s * 120))
+                P.add(quad_y(xs[0], xs[1], za, zb, h_curb), L["sidewalk"], sd["walk_color"], AX_Y, h_curb,
+                      LAYER_GROUND, 1e6 - 2, pattern=PAT_PAVERS, params=paver, tex=walk_tex, tex_scale=0)
+            P.add(quad_z(min(xc, xc + s * 120), max(xc, xc + s * 120), 0, h_curb, b - 2.5), L["sidewalk"],
+                  sd["walk_color"], AX_Z, b - 2.5, LAYER_GROUND, 1e6 - 1, tex=0.05)
+            # the far corner building's face toward us, and buildings down the cross street
+            xs = sorted((xb, xb + s * 120))
+            hgt = rng.uniform(9, 26)
+            self._facade_z(xs[0], xs[1], b, hgt, LAYER_FACADE, b)
+            xfar = xb + s * rng.uniform(25, 60)
+            self._facade_x(xfar, a + 2, b, rng.uniform(8, 25), LAYER_BACK, b + 100)
+            if s in sides:
+                # the near corner building's side wall is hidden; a pole with traffic light at the corner
+                self._traffic_light(xc + s * 0.6, a - 1.0, facing=True)
+                if rng.random() < 0.5:
+                    self._traffic_light(xc + s * 0.6, b + 0.5, facing=False)
+        # blocks along the street
+        z = -6.0 - rng.uniform(0, 10)
+        hb_profile = np.zeros(400, dtype=np.float32)
+        while z < z_end:
+            length = rng.uniform(8, 32)
+            z0, z1 = z, min(z + length, z_end)
+            z = z1
+            if self.in_inter(st, z0, z1, s):
+                # clip the block at the intersection
+                for a, b, sides in st["inters"]:
+                    if s in sides and a - 1 < z1 and z0 < b + 1:
+                        if z0 < a:
+                            z1 = a
+                        else:
+                            z0 = max(z0, b)
+                            z = max(z, b)
+                if z1 - z0 < 2:
+                    continue
+            kind = rng.choice(["building", "park", "wall", "lot"], p=[0.76, 0.1, 0.07, 0.07])
+            if kind == "building":
+                recess = rng.uniform(0, 1.2) if rng.random() < 0.3 else 0.0
+                x = xb + s * recess
+                hgt = float(rng.uniform(7, 30) if rng.random() < 0.8 else rng.uniform(4, 8))
+                self._facade_x(x, z0, z1, hgt, LAYER_FACADE, z0)
+                if recess:
+                    # side walls to the neighbours
+                    xs = sorted((xb, x))
+                    self._plain_z(xs[0], xs[1], 0, hgt, z1, L["building"], LAYER_FACADE, z0)
+                hb_profile[max(int(z0), 0): max(int(z1), 0)] = hgt
+                if sd["garden"]:
+                    self._garden_line(st, s, z0, z1)
+                if rng.random() < 0.25:
+                    # taller building set back, seen above
+                    self._facade_x(x + s * rng.uniform(8, 20), z0, z1, hgt + rng.uniform(4, 20), LAYER_BACK, z0 + 50)
+            elif kind == "park":
+                xs = sorted((xl, xl + s * 60))
+                P.add(quad_y(xs[0], xs[1], z0, z1, h_curb + 0.005), L["terrain"], _jitter(rng, _choice(rng, TERRAIN_COLORS)),
+                      AX_Y, h_curb + 0.005, LAYER_MARK, 1e5 - 2, tex=0.35, tex_scale=1)
+                if rng.random() < 0.6:
+                    self._fence_x(xl, z0, z1, rng.uniform(0.8, 1.8), LAYER_LINE, z0)
+                for _ in range(int(rng.integers(2, 6))):
+                    tz = rng.uniform(z0, z1)
+                    self._tree(xl + s * rng.uniform(2, 20), tz, LAYER_BACK, big=True)
+                self._facade_x(xl + s * rng.uniform(35, 60), z0 - 5, z1 + 5, rng.uniform(10, 25), LAYER_FAR, z0 + 150)
+                hb_profile[max(int(z0), 0): max(int(z1), 0)] = 0
+            elif kind == "wall":
+                hw = rng.uniform(1.0, 3.0)
+                self._plain_x(xl, z0, z1, 0, hw, L["wall"], _jitter(rng, _choice(rng, WALL_COLORS)), LAYER_LINE, z0,
+                              tex=0.15)
+                for _ in range(int(rng.integers(0, 3))):
+                    self._tree(xl + s * rng.uniform(2, 8), rng.uniform(z0, z1), LAYER_BACK, big=True)
+                self._facade_x(xl + s * rng.uniform(10, 30), z0, z1, rng.uniform(8, 22), LAYER_BACK, z0 + 60)
+                hb_profile[max(int(z0), 0): max(int(z1), 0)] = hw
+            else:  # fenced lot with terrain and a far building
+                xs = sorted((xl, xl + s * 40))
+                P.add(quad_y(xs[0], xs[1], z0, z1, h_curb + 0.005), L["terrain"],
+                      _jitter(rng, _choice(rng, TERRAIN_COLORS)), AX_Y, h_curb + 0.005, LAYER_MARK, 1e5 - 2,
+                      tex=0.35)
+                self._fence_x(xl, z0, z1, rng.uniform(1.2, 2.2), LAYER_LINE, z0)
+                self._facade_x(xl + s * rng.uniform(12, 35), z0, z1, rng.uniform(6, 20), LAYER_BACK, z0 + 60)
+                hb_profile[max(int(z0), 0): max(int(z1), 0)] = 0
+        sd["hb"] = hb_profile
+        # trees along the kerb
+        if sd["trees"]:
+            xt = xc + s * (sd["strip"] / 2 if sd["strip"] else 0.9)
+            zt = rng.uniform(2, 10)
+            step = rng.uniform(7, 14)
+            while zt < min(z_end, 160):
+                if not self.in_inter(st, zt - 3, zt + 3, s):
+                    self._tree(xt, zt, LAYER_STAND, big=False)
+                    if not sd["strip"] and rng.random() < 0.4:
+                        xs = sorted((xt - 0.7, xt + 0.7))
+                        P.add(quad_y(xs[0], xs[1], zt - 0.7, zt + 0.7, h_curb + 0.01), L["terrain"],
+                              _jitter(rng, _choice(rng, TERRAIN_COLORS)), AX_Y, h_curb + 0.01, LAYER_MARK, 1e5 - 1,
+                              tex=0.3)
+                zt += step * rng.uniform(0.8, 1.2)
+
+    def _garden_line(self, st: dict, s: int, z0: float, z1: float) -> None:
+        rng = self.rng
+        xl = st["sides"][s]["x_line"]
+        kind = rng.choice(["fence", "wall", "hedge"])
+        if kind == "fence":
+            self._fence_x(xl, z0, z1, rng.uniform(0.8, 1.6), LAYER_LINE, z0)
+        elif kind == "wall":
+            self._plain_x(xl, z0, z1, 0, rng.uniform(0.5, 1.4), L["wall"], _jitter(rng, _choice(rng, WALL_COLORS)),
+                          LAYER_LINE, z0, tex=0.15)
+        else:
+            hh = rng.uniform(0.8, 1.8)
+            col = _jitter(rng, _choice(rng, VEG_COLORS))
+            self._plain_x(xl, z0, z1, 0, hh, L["vegetation"], col, LAYER_LINE, z0, tex=0.45, pattern=PAT_LEAVES)
+            self.static.add(quad_y(min(xl, xl + s * 0.8), max(xl, xl + s * 0.8), z0, z1, hh), L["vegetation"], col,
+                            AX_Y, hh, LAYER_LINE, z0, tex=0.45, pattern=PAT_LEAVES)
+        if rng.random() < 0.5:
+            for _ in range(int(rng.integers(1, 3))):
+                self._tree(xl + s * rng.uniform(1.0, st["sides"][s]["garden"]), rng.uniform(z0, z1), LAYER_BACK,
+                           big=False)
+
+    def _plain_x(self, x, z0, z1, y0, y1, label, color, layer, depth, tex=0.1, pattern=PAT_NONE, params=()):
+        self.static.add(quad_x(x, z0, z1, y0, y1), label, color, AX_X, x, layer, depth, tex=tex,
+                        pattern=pattern, params=params)
+
+    def _plain_z(self, x0, x1, y0, y1, z, label, layer, depth, color=None):
+        color = color or _jitter(self.rng, _choice(self.rng, FACADE_COLORS))
+        self.static.add(quad_z(x0, x1, y0, y1, z), label, color, AX_Z, z, layer, depth, tex=0.12)
+
+    def _facade_params(self, hgt: float, origin: float) -> tuple:
+        rng = self.rng
+        floor_h = rng.uniform(2.8, 3.6)
+        spacing = rng.uniform(2.2, 4.2)
+        shop = 1.0 if rng.random() < 0.45 else 0.0
+        return (
+            origin + rng.uniform(0, spacing),  # window grid origin along the facade
+            spacing,
+            floor_h,
+            rng.uniform(0.35, 0.6),  # window width / spacing
+            rng.uniform(0.4, 0.65),  # window height / floor
+            shop,
+            hgt,
+            float(rng.integers(1, 1 << 20)),  # seed for lit windows and glass tints
+        )
+
+    def _facade_x(self, x: float, z0: float, z1: float, hgt: float, layer: int, depth: float) -> None:
+        rng = self.rng
+        color = _jitter(rng, _choice(rng, FACADE_COLORS))
+        self.static.add(quad_x(x, z0, z1, 0, hgt), L["building"], color, AX_X, x, layer, depth,
+                        pattern=PAT_FACADE, params=self._facade_params(hgt, 0.0), tex=rng.uniform(0.05, 0.2),
+                        tex_scale=int(rng.integers(0, 3)))
+        if rng.random() < 0.5:
+            # roof slope / cornice seen from below: a darker band, still building
+            roof = _jitter(rng, srgb(90, 70, 65) if rng.random() < 0.5 else srgb(80, 82, 88))
+            xr = x + (rng.uniform(1.5, 4) if x > 0 else -rng.uniform(1.5, 4))
+            self.static.add(np.array([[x, hgt, z0], [x, hgt, z1], [xr, hgt + rng.uniform(1.5, 4), z1],
+                                      [xr, hgt + 2.5, z0]]), L["building"], roof, AX_X, x, layer, depth + 0.01,
+                            tex=0.15)
+
+    def _facade_z(self, x0: float, x1: float, z: float, hgt: float, layer: int, depth: float) -> None:
+        rng = self.rng
+        color = _jitter(rng, _choice(rng, FACADE_COLORS))
+        self.static.add(quad_z(x0, x1, 0, hgt, z), L["building"], color, AX_Z, z, layer, depth,
+                        pattern=PAT_FACADE, params=self._facade_params(hgt, x0), tex=rng.uniform(0.05, 0.2),
+                        tex_scale=int(rng.integers(0, 3)))
+
+    def _fence_x(self, x: float, z0: float, z1: float, hgt: float, layer: int, depth: float) -> None:
+        rng = self.rng
+        self.static.add(quad_x(x, z0, z1, 0, hgt), L["fence"], _jitter(rng, _choice(rng, FENCE_COLORS)), AX_X, x,
+                        layer, depth, pattern=PAT_FENCE,
+                        params=(rng.uniform(0.1, 0.25), rng.uniform(0.2, 0.5), hgt, rng.uniform(0.25, 0.6)), tex=0.05)
+
+    def _far_end(self, st: dict) -> None:
+        """What closes the street: a facade (T-junction) or a skyline of buildings and trees."""
+        rng, P = self.rng, self.static
+        z = st["z_end"]
+        xl, xr = st["sides"][-1]["x_bld"], st["sides"][1]["x_bld"]
+        if z < 140 and rng.random() < 0.6:
+            x = xl - 20
+            while x < xr + 20:
+                w = rng.uniform(10, 25)
+                self._facade_z(x, x + w, z, rng.uniform(8, 25), LAYER_FAR, z)
+                x += w
+            return
+        x = -z * 1.2
+        while x < z * 1.2:
+            w = rng.uniform(0.05, 0.25) * z
+            if rng.random() < 0.3:
+                r = w * 0.6
+                P.add(ellipse_z(x + w / 2, r * 0.8, w * 0.6, r, z, rng=rng, jitter=0.2), L["vegetation"],
+                      _jitter(rng, _choice(rng, VEG_COLORS)), AX_Z, z, LAYER_FAR, z, pattern=PAT_LEAVES, tex=0.4)
+            else:
+                self._facade_z(x, x + w, z, rng.uniform(0.04, 0.22) * z, LAYER_FAR, z)
+            x += w
+
+    def _tree(self, x: float, z: float, layer: int, big: bool) -> None:
+        rng, P = self.rng, self.static
+        trunk_h = rng.uniform(2.0, 4.0) if not big else rng.uniform(2.5, 5)
+        tw = rng.uniform(0.2, 0.45)
+        col = _jitter(rng, _choice(rng, VEG_COLORS), 0.2)
+        bark = _jitter(rng, srgb(80, 70, 60), 0.2)
+        P.add(quad_z(x - tw / 2, x + tw / 2, 0, trunk_h + 1.0, z), L["vegetation"], bark, AX_Z, z, layer, z,
+              tex=0.2, order=0)
+        r = rng.uniform(1.8, 3.5) * (1.4 if big else 1.0)
+        cy = trunk_h + r * 0.8
+        blobs = [ellipse_z(x + rng.uniform(-0.4, 0.4) * r, cy + rng.uniform(-0.3, 0.3) * r,
+                           r * rng.uniform(0.6, 0.9), r * rng.uniform(0.6, 0.9), z - 0.01, n=16, rng=rng, jitter=0.18)
+                 for _ in range(int(rng.integers(3, 6)))]
+        P.add(blobs, L["vegetation"], col, AX_Z, z - 0.01, layer, z - 0.01, pattern=PAT_LEAVES,
+              tex=rng.uniform(0.35, 0.6), tex_scale=0, order=1)
+        P.casters.append(("blob", x, z, r, cy))
+        P.casters.append(("pole", x, z, tw, trunk_h))
+
+    def _pole(self, x: float, z: float, h: float, w: float, color, layer: int = LAYER_STAND, label: int | None = None,
+              P: PrimSet | None = None, order: int = 0) -> None:
+        P = P or self.static
+        P.add(quad_z(x - w / 2, x + w / 2, 0, h, z), L["pole"] if label is None else label, color, AX_Z, z, layer, z,
+              tex=0.06, order=order)
+        P.casters.append(("pole", x, z, w, h))
+
+    def _traffic_light(self, x: float, z: float, facing: bool) -> None:
+        rng, P = self.rng, self.static
+        pc = _jitter(rng, _choice(rng, POLE_COLORS))
+        h = rng.uniform(2.3, 3.2)
+        self._pole(x, z, h + 1.0, rng.uniform(0.1, 0.16), pc)
+        bw, bh = rng.uniform(0.3, 0.4), rng.uniform(0.8, 1.0)
+        housing = _jitter(rng, _choice(rng, [srgb(30, 30, 30), srgb(60, 62, 55), srgb(200, 170, 40)]), 0.1)
+        P.add(quad_z(x - bw / 2, x + bw / 2, h, h + bh, z - 0.05), L["traffic light"], housing, AX_Z, z - 0.05,
+              LAYER_STAND, z - 0.05, tex=0.05, order=1)
+        if facing:
+            state = int(rng.integers(3))
+            cols = [(1.0, 0.08, 0.03), (1.0, 0.55, 0.05), (0.1, 1.0, 0.45)]
+            for k in range(3):
+                yc = h + bh * (0.8 - 0.3 * k)
+                lit = (2 - k) == state
+                c = cols[k]
+                e = tuple(v * (6.0 if lit else 0.0) for v in c)
+                ed = tuple(v * (0.5 if lit else 0.0) for v in c)
+                P.add(ellipse_z(x, yc, bw * 0.32, bw * 0.32, z - 0.07, n=10), L["traffic light"],
+                      tuple(v * 0.15 + 0.02 for v in c), AX_Z, z - 0.07, LAYER_STAND, z - 0.07, tex=0.02, emit=e,
+                      emit_day=ed, order=2)
+                if lit:
+                    P.lights.append(Light((x, yc, z - 0.1), c, 1.5, glow=3.0))
+        if rng.random() < 0.4:
+            self._sign(x, z - 0.03, h - 0.7, order=3)
+
+    def _sign(self, x: float, z: float, y: float, order: int = 1) -> None:
+        rng, P = self.rng, self.static
+        kind = int(rng.integers(5))
+        r = rng.uniform(0.3, 0.45)
+        if kind == 0:  # round prohibition/mandatory
+            col = _choice(rng, [srgb(200, 30, 30), srgb(30, 70, 170), srgb(230, 230, 230)])
+            poly = ellipse_z(x, y, r, r, z, n=14)
+        elif kind == 1:  # triangle
+            col = _choice(rng, [srgb(230, 230, 230), srgb(220, 60, 50)])
+            poly = poly_z([(x - r, y - r * 0.8), (x + r, y - r * 0.8), (x, y + r)], z)
+        elif kind == 2:  # rectangle information sign
+            col = _choice(rng, [srgb(30, 70, 170), srgb(30, 120, 60), srgb(230, 230, 230), srgb(240, 200, 40)])
+            w = rng.uniform(0.5, 1.3)
+            poly = quad_z(x - w / 2, x + w / 2, y - r, y + r, z)
+        elif kind == 3:  # diamond (priority road)
+            col = srgb(240, 200, 40)
+            poly = poly_z([(x - r, y), (x, y + r), (x + r, y), (x, y - r)], z)
+        else:  # back side of a sign: grey
+            col = srgb(130, 130, 135)
+            poly = ellipse_z(x, y, r, r, z, n=14) if rng.random() < 0.5 else quad_z(x - r, x + r, y - r, y + r, z)
+        P.add(poly, L["traffic sign"], _jitter(rng, col, 0.1), AX_Z, z, LAYER_STAND, z, tex=0.05, order=order,
+              params=(1.0 if kind != 4 else 0.0,))
+
+    def _street_furniture(self, st: dict) -> None:
+        rng, P = self.rng, self.static
+        look_lamp = self.lamp_color
+        for s in (-1, 1):
+            sd = st["sides"][s]
+            if s == -1 and rng.random() < 0.3:
+                continue
+            xc = sd["x_curb"] + s * 0.5
+            zl = rng.uniform(0, 15)
+            spacing = rng.uniform(18, 32)
+            hl = rng.uniform(6, 9.5)
+            arm = rng.uniform(0.8, 2.5)
+            pc = _jitter(rng, _choice(rng, POLE_COLORS))
+            while zl < min(st["z_end"], 170):
+                if not self.in_inter(st, zl - 2, zl + 2, s):
+                    self._pole(xc, zl, hl, rng.uniform(0.14, 0.24), pc)
+                    xa = xc - s * arm
+                    P.add(segment_z(xc, hl - 0.1, xa, hl + 0.15, 0.12, zl - 0.01), L["pole"], pc, AX_Z, zl - 0.01,
+                          LAYER_STAND, zl - 0.01, order=1)
+                    P.add(quad_z(min(xa, xa - s * 0.6), max(xa, xa - s * 0.6), hl - 0.05, hl + 0.2, zl - 0.02),
+                          L["pole"], _jitter(rng, srgb(120, 120, 120)), AX_Z, zl - 0.02, LAYER_STAND, zl - 0.02,
+                          emit=tuple(8.0 * c for c in look_lamp), order=2)
+                    P.lights.append(Light((xa - s * 0.3, hl - 0.1, zl), look_lamp, 55.0 * rng.uniform(0.7, 1.3),
+                                          direction=(0.0, -1.0, 0.0), exponent=1.5, glow=6.0))
+                    if rng.random() < 0.25:
+                        self._sign(xc, zl - 0.05, rng.uniform(2.2, 3.0), order=3)
+                zl += spacing * rng.uniform(0.9, 1.1)
+            # sign posts, poles, bollards
+            for _ in range(int(rng.integers(1, 6))):
+                z = rng.uniform(3, 70)
+                if self.in_inter(st, z - 1, z + 1, s):
+                    continue
+                x = sd["x_curb"] + s * rng.uniform(0.3, 0.8)
+                pc = _jitter(rng, _choice(rng, POLE_COLORS))
+                if rng.random() < 0.65:
+                    hs = rng.uniform(2.2, 3.2)
+                    self._pole(x, z, hs + 0.3, rng.uniform(0.06, 0.1), pc)
+                    self._sign(x, z - 0.03, hs, order=1)
+                    if rng.random() < 0.35:
+                        self._sign(x, z - 0.03, hs - 0.75, order=2)
+                else:
+                    self._pole(x, z, rng.uniform(0.8, 4.0), rng.uniform(0.1, 0.25), pc)
+            # void "static" objects: bins, benches, boxes (ignored in evaluation, as in Cityscapes)
+            for _ in range(int(rng.integers(0, 3))):
+                z = rng.uniform(3, 50)
+                x = sd["x_line"] - s * rng.uniform(0.3, 0.8)
+                w, h = rng.uniform(0.5, 1.5), rng.uniform(0.6, 1.3)
+                P.add(quad_z(x - w / 2, x + w / 2, 0, h, z), L["static"], _jitter(rng, _choice(rng, FENCE_COLORS)),
+                      AX_Z, z, LAYER_STAND, z, tex=0.1)
+        # overhead traffic light at intersections
+        for a, _b, _sides in st["inters"]:
+            if rng.random() < 0.4:
+                xp = st["x_r"] + 0.6
+                hp = rng.uniform(5.5, 6.5)
+                pc = _jitter(rng, _choice(rng, POLE_COLORS))
+                self._pole(xp, a - 1, hp, 0.2, pc)
+                P.add(quad_z(st["lane_w"] * 0.5, xp, hp - 0.15, hp, a - 1.02), L["pole"], pc, AX_Z, a - 1.02,
+                      LAYER_STAND, a - 1.02, order=1)
+                xt = st["lane_w"] * rng.uniform(0.5, 1.5)
+                P.add(quad_z(xt - 0.2, xt + 0.2, hp - 1.05, hp - 0.15, a - 1.05), L["traffic light"], srgb(30, 30, 30),
+                      AX_Z, a - 1.05, LAYER_STAND, a - 1.05, order=2)
+                c = (1.0, 0.08, 0.03) if rng.random() < 0.5 else (0.1, 1.0, 0.45)
+                yc = hp - 0.35 if c[0] > 0.5 else hp - 0.85
+                P.add(ellipse_z(xt, yc, 0.12, 0.12, a - 1.07, n=10), L["traffic light"], tuple(v * 0.2 for v in c),
+                      AX_Z, a - 1.07, LAYER_STAND, a - 1.07, emit=tuple(6.0 * v for v in c),
+                      emit_day=tuple(0.5 * v for v in c), order=3)
+                P.lights.append(Light((xt, yc, a - 1.1), c, 1.5, glow=3.0))
+
+    # ----- dynamic objects
+    def dynamic(self, rng: np.random.Generator) -> PrimSet:
+        """Sample traffic and people for this street (different for each frame of a pair)."""
+        st = self.st
+        D = PrimSet()
+        self.rng_dyn = rng
+        # parked cars
+        for s in (-1, 1):
+            sd = st["sides"][s]
+            if not sd["park"]:
+                continue
+            occupancy = rng.uniform(0.4, 0.95)
+            x_in = (st["x_r"] - 1.15) if s > 0 else (st["x_l"] + 1.15)
+            z = rng.uniform(-2, 6)
+            while z < min(st["z_end"] - 5, 110):
+                L_car = rng.uniform(3.8, 5.0)
+                if self.in_inter(st, z - 6, z + L_car, s):
+                    z += 6
+                    continue
+                if rng.random() < occupancy:
+                    kind = rng.choice(["car", "car", "car", "car", "van", "truck"], p=[0.3, 0.3, 0.2, 0.1, 0.07, 0.03])
+                    if kind == "truck":
+                        L_car = self._truck(D, x_in, z, facing=s < 0, parked=True)
+                    else:
+                        L_car = self._car(D, x_in, z, facing=False, parked=True, van=kind == "van")
+                z += L_car + rng.uniform(0.6, 2.5)
+        # moving traffic
+        for lane in range(st["n_r"]):
+            xl = (lane + 0.5) * st["lane_w"]
+            z = rng.uniform(6, 25)
+            while z < 90 and rng.random() < 0.6:
+                L_car = self._vehicle(D, xl + rng.uniform(-0.3, 0.3), z, facing=False)
+                z += L_car + rng.uniform(5, 30)
+        for lane in range(st["n_l"]):
+            xl = -(lane + 0.5) * st["lane_w"]
+            z = rng.uniform(3, 25)
+            while z < 110 and rng.random() < 0.6:
+                L_car = self._vehicle(D, xl + rng.uniform(-0.3, 0.3), z, facing=True)
+                z += L_car + rng.uniform(5, 35)
+        # tram (class train)
+        if st["tram"] and rng.random() < 0.6:
+            xc = (st["x_l"] + 2.0) if st["n_l"] else st["x_r"] - 2.0
+            self._tram(D, xc, rng.uniform(8, 45), facing=xc < 0)
+        # cross traffic in an intersection: side views
+        for a, b, _sides in st["inters"]:
+            if rng.random() < 0.45:
+                kind = rng.choice(["car", "bus", "tram", "truck", "rider"], p=[0.55, 0.12, 0.12, 0.11, 0.1])
+                self._cross_vehicle(D, a, b, str(kind))
+        # people
+        for s in (-1, 1):
+            sd = st["sides"][s]
+            n = int(rng.poisson(rng.uniform(1.0, 5.0)))
+            x0, x1 = sorted((sd["x_curb"] + s * 0.3, sd["x_line"] - s * 0.3))
+            for _ in range(n):
+                z = rng.uniform(2.5, 55)
+                xp = rng.uniform(x0, x1)
+                self._person(D, xp, z)
+                if rng.random() < 0.3:  # a group
+                    self._person(D, xp + rng.uniform(-0.8, 0.8), z + rng.uniform(-0.5, 1.5))
+            # parked bicycles / motorcycles
+            for _ in range(int(rng.poisson(0.9))):
+                z = rng.uniform(3, 45)
+                self._bicycle(D, rng.uniform(x0, x1), z, side_view=True, label=L["bicycle"])
+            if rng.random() < 0.2:
+                self._motorcycle(D, rng.uniform(x0, x1), rng.uniform(4, 40), side_view=True, rider=False)
+        # pedestrians on a crosswalk
+        for a, _b, _sides in st["inters"]:
+            if rng.random() < 0.3:
+                for _ in range(int(rng.integers(1, 4))):
+                    self._person(D, rng.uniform(st["x_l"], st["x_r"]), a - rng.uniform(2.5, 4.5))
+        # riders (cyclists near the right kerb, motorcyclists in a lane)
+        for _ in range(int(rng.poisson(0.5))):
+            z = rng.uniform(5, 45)
+            self._bicycle(D, st["x_r"] - 0.8 - (2.2 if st["sides"][1]["park"] else 0.0), z, side_view=False,
+                          label=L["bicycle"], rider=True)
+        if rng.random() < 0.2:
+            self._motorcycle(D, st["lane_w"] * rng.uniform(0.3, 0.7), rng.uniform(8, 40), side_view=False, rider=True)
+        return D
+
+    def _vehicle(self, D: PrimSet, x: float, z: float, facing: bool) -> float:
+        r = self.rng_dyn.random()
+        if r < 0.06:
+            return self._bus(D, x, z, facing)
+        if r < 0.12:
+            return self._truck(D, x, z, facing, parked=False)
+        return self._car(D, x, z, facing, parked=False, van=r < 0.2)
+
+    def _lights_for(self, D: PrimSet, x: float, w: float, y: float, z: float, facing: bool, parked: bool) -> None:
+        """Head- or tail-lights of a vehicle whose near face is at depth z."""
+        if facing:
+            if parked:
+                return
+            for sx in (-1, 1):
+                D.lights.append(Light((x + sx * (w / 2 - 0.3), y, z - 0.1), (1.0, 0.95, 0.85), 6.0,
+                                      direction=(0.0, -0.15, -1.0), exponent=6.0, glow=9.0))
+        else:
+            on = 0.0 if parked else 1.0
+            for sx in (-1, 1):
+                D.lights.append(Light((x + sx * (w / 2 - 0.2), y, z - 0.1), (1.0, 0.05, 0.02), 0.4 * on,
+                                      glow=2.5 * on))
+
+    def _box(self, D: PrimSet, x0, x1, y0, y1, z0, z1, label, color, depth, order=0, tex=0.05, front=True,
+             front_color=None, side_color=None, top_color=None) -> None:
+        cx = self.cam.x
+        ch = self.cam.y
+        if x0 > cx:
+            D.add(quad_x(x0, z0, z1, y0, y1), label, side_color or color, AX_X, x0, LAYER_STAND, depth, tex=tex, order=order)
+        elif x1 < cx:
+            D.add(quad_x(x1, z0, z1, y0, y1), label, side_color or color, AX_X, x1, LAYER_STAND, depth, tex=tex, order=order)
+        if y1 < ch:
+            D.add(quad_y(x0, x1, z0, z1, y1), label, top_color or color, AX_Y, y1, LAYER_STAND, depth, tex=tex, order=order)
+        if front:
+            D.add(quad_z(x0, x1, y0, y1, z0), label, front_color or color, AX_Z, z0, LAYER_STAND, depth, tex=tex,
+                  order=order + 1)
+
+    def _wheels_side(self, D: PrimSet, x: float, zs: list[float], r: float, label: int, depth: float, order: int) -> None:
+        if abs(x - self.cam.x) < 0.3:
+            return
+        for zw in zs:
+            D.add(ellipse_x(x, zw, r, r, r), label, TYRE, AX_X, x, LAYER_STAND, depth, tex=0.02, order=order)
+
+    def _car(self, D: PrimSet, x: float, z: float, facing: bool, parked: bool, van: bool = False) -> float:
+        rng = self.rng_dyn
+        w = rng.uniform(1.65, 1.95)
+        length = rng.uniform(3.8, 4.9) if not van else rng.uniform(4.6, 5.4)
+        hb = rng.uniform(0.55, 0.75)
+        ht = rng.uniform(1.4, 1.6) if not van else rng.uniform(1.9, 2.3)
+        col = _jitter(rng, _choice(rng, CAR_COLORS), 0.1)
+        x0, x1 = x - w / 2, x + w / 2
+        lab = L["car"]
+        y0 = 0.28
+        self._box(D, x0, x1, y0, y0 + hb, z, z + length, lab, col, z, order=0)
+        # cabin (glass with roof)
+        inset = 0.12
+        zc0 = z + (length * rng.uniform(0.18, 0.3) if not van else 0.3)
+        zc1 = z + length * rng.uniform(0.7, 0.82) if not van else z + length - 0.2
+        self._box(D, x0 + inset, x1 - inset, y0 + hb, ht, zc0, zc1, lab, GLASS, z, order=2, top_color=col)
+        # bonnet/boot top and wheels
+        self._wheels_side(D, x0 if x0 > self.cam.x else x1, [z + 0.8, z + length - 0.8], 0.32, lab, z, 1)
+        D.add(quad_z(x0 + 0.1, x0 + 0.35, 0.0, 0.3, z + 0.3), lab, TYRE, AX_Z, z + 0.3, LAYER_STAND, z, order=-1)
+        D.add(quad_z(x1 - 0.35, x1 - 0.1, 0.0, 0.3, z + 0.3), lab, TYRE, AX_Z, z + 0.3, LAYER_STAND, z, order=-1)
+        # rear/front details on the near face
+        yl = y0 + hb * 0.7
+        lc = (0.5, 0.02, 0.02) if not facing else (0.8, 0.8, 0.75)
+        on = 0.0 if parked else 1.0
+        em = tuple(v * (4.0 if facing else 1.2) * on for v in ((1, 0.95, 0.85) if facing else (1.0, 0.04, 0.02)))
+        for sx in (-1, 1):
+            xa = x + sx * (w / 2 - 0.25)
+            D.add(quad_z(xa - 0.18, xa + 0.18, yl - 0.08, yl + 0.08, z - 0.01), lab, lc, AX_Z, z - 0.01, LAYER_STAND,
+                  z, emit=em, order=3)
+        D.add(quad_z(x - 0.26, x + 0.26, y0 + 0.1, y0 + 0.22, z - 0.01), lab, srgb(220, 220, 215), AX_Z, z - 0.01,
+              LAYER_STAND, z, order=3)
+        self._lights_for(D, x, w, yl, z, facing, parked)
+        D.casters.append(("box", x0, x1, z, z + length, ht))
+        return length
+
+    def _truck(self, D: PrimSet, x: float, z: float, facing: bool, parked: bool) -> float:
+        rng = self.rng_dyn
+        w = rng.uniform(2.3, 2.55)
+        lab = L["truck"]
+        col = _jitter(rng, _choice(rng, CAR_COLORS + [srgb(230, 230, 230)] * 3), 0.1)
+        cargo_l, cab_l = rng.uniform(4.5, 8.0), rng.uniform(1.8, 2.4)
+        hc = rng.uniform(3.0, 3.9)
+        x0, x1 = x - w / 2, x + w / 2
+        if facing:  # we see the cab first
+            self._box(D, x0 + 0.05, x1 - 0.05, 0.4, rng.uniform(2.6, 3.1), z, z + cab_l, lab, col, z, order=2)
+            D.add(quad_z(x0 + 0.2, x1 - 0.2, 1.7, 2.5, z - 0.01), lab, GLASS, AX_Z, z - 0.01, LAYER_STAND, z, order=4)
+            self._box(D, x0, x1, 0.5, hc, z + cab_l, z + cab_l + cargo_l, lab, _jitter(rng, col), z, order=0)
+        else:
+            self._box(D, x0, x1, 0.5, hc, z, z + cargo_l, lab, col, z, order=2)
+            self._box(D, x0 + 0.05, x1 - 0.05, 0.4, rng.uniform(2.6, 3.1), z + cargo_l, z + cargo_l + cab_l, lab,
+                      _jitter(rng, col), z, order=0, front=False)
+        length = cargo_l + cab_l
+        side = x0 if x0 > self.cam.x else x1
+        self._wheels_side(D, side, [z + 1.0, z + length - 1.2, z + length - 2.4], 0.5, lab, z, 1)
+        D.add(quad_z(x0 + 0.1, x1 - 0.1, 0.0, 0.5, z + 0.5), lab, TYRE, AX_Z, z + 0.5, LAYER_STAND, z, order=-1)
+        self._lights_for(D, x, w, 0.9, z, facing, parked)
+        D.casters.append(("box", x0, x1, z, z + length, hc))
+        return length
+
+    def _bus(self, D: PrimSet, x: float, z: float, facing: bool) -> float:
+        rng = self.rng_dyn
+        w = 2.55
+        length = rng.uniform(11, 18)
+        h = rng.uniform(2.9, 3.3)
+        lab = L["bus"]
+        col = _jitter(rng, _choice(rng, [srgb(230, 230, 225), srgb(40, 80, 160), srgb(200, 40, 40), srgb(240, 200, 40),
+                                         srgb(60, 140, 70), srgb(150, 150, 155)]), 0.08)
+        x0, x1 = x - w / 2, x + w / 2
+        self._box(D, x0, x1, 0.3, h, z, z + length, lab, col, z, order=0)
+        side = x0 if x0 > self.cam.x else x1
+        # window band on the side and on the near face
+        if abs(side - self.cam.x) > 0.3:
+            D.add(quad_x(side, z + 1.0, z + length - 0.5, 1.3, h - 0.35), lab, GLASS, AX_X, side, LAYER_STAND, z,
+                  order=1, pattern=PAT_GLASS)
+        D.add(quad_z(x0 + 0.15, x1 - 0.15, 1.3 if facing else 1.6, h - 0.25, z - 0.01), lab, GLASS, AX_Z, z - 0.01,
+              LAYER_STAND, z, order=3, pattern=PAT_GLASS)
+        self._wheels_side(D, side, [z + 2.5, z + length - 3.0], 0.5, lab, z, 2)
+        self._lights_for(D, x, w, 0.8, z, facing, False)
+        for sx in (-1, 1):
+            D.add(quad_z(x + sx * 1.0 - 0.15, x + sx * 1.0 + 0.15, 0.7, 0.95, z - 0.02), lab,
+                  (0.8, 0.8, 0.75) if facing else (0.5, 0.02, 0.02), AX_Z, z - 0.02, LAYER_STAND, z, order=4,
+                  emit=(4.0, 3.8, 3.4) if facing else (1.2, 0.05, 0.02))
+        if rng.random() < 0.7:  # lit interior at night
+            D.lights.append(Light((x, 2.0, z + 2.0), (1.0, 0.95, 0.85), 0.5, glow=0.0, illuminates=False))
+        D.casters.append(("box", x0, x1, z, z + length, h))
+        return length
+
+    def _tram(self, D: PrimSet, x: float, z: float, facing: bool) -> float:
+        rng = self.rng_dyn
+        w, h = 2.65, rng.uniform(3.3, 3.6)
+        length = rng.uniform(20, 35)
+        lab = L["train"]
+        col = _jitter(rng, _choice(rng, [srgb(230, 230, 230), srgb(190, 40, 40), srgb(40, 90, 170), srgb(240, 210, 60),
+                                         srgb(80, 150, 90)]), 0.08)
+        x0, x1 = x - w / 2, x + w / 2
+        self._box(D, x0, x1, 0.35, h, z, z + length, lab, col, z, order=0)
+        side = x0 if x0 > self.cam.x else x1
+        if abs(side - self.cam.x) > 0.3:
+            D.add(quad_x(side, z + 0.8, z + length - 0.8, 1.1, h - 0.5), lab, GLASS, AX_X, side, LAYER_STAND, z,
+                  order=1, pattern=PAT_GLASS)
+        D.add(quad_z(x0 + 0.2, x1 - 0.2, 1.2, h - 0.3, z - 0.01), lab, GLASS, AX_Z, z - 0.01, LAYER_STAND, z, order=3)
+        D.add(segment_z(x - 0.5, h, x + 0.2, h + 0.9, 0.06, z + 3), lab, srgb(40, 40, 40), AX_Z, z + 3, LAYER_STAND, z,
+              order=4)
+        self._lights_for(D, x, w, 0.9, z, facing, False)
+        D.casters.append(("box", x0, x1, z, z + length, h))
+        return length
+
+    def _cross_vehicle(self, D: PrimSet, a: float, b: float, kind: str) -> None:
+        """A vehicle crossing the intersection: a side view in a Z plane."""
+        rng = self.rng_dyn
+        zc = rng.uniform(a + 3, max(a + 3.5, b - 4))
+        xc = rng.uniform(-12, 12)
+        if kind == "rider":
+            self._bicycle(D, xc, zc, side_view=True, label=L["bicycle"], rider=True)
+            return
+        lab = {"car": L["car"], "bus": L["bus"], "tram": L["train"], "truck": L["truck"]}[kind]
+        length = {"car": rng.uniform(3.8, 4.8), "bus": rng.uniform(11, 15), "tram": rng.uniform(20, 30),
+                  "truck": rng.uniform(6, 10)}[kind]
+        h = {"car": 1.5, "bus": 3.1, "tram": 3.4, "truck": 3.5}[kind]
+        col = _jitter(rng, _choice(rng, CAR_COLORS), 0.1)
+        x0, x1 = xc - length / 2, xc + length / 2
+        if kind == "car":
+            D.add(poly_z([(x0, 0.3), (x1, 0.3), (x1, 0.95), (x1 - 0.9, 1.05), (x1 - 1.6, h), (x0 + 1.0, h), (x0 + 0.3, 1.0),
+                          (x0, 0.95)], zc), lab, col, AX_Z, zc, LAYER_STAND, zc, tex=0.05)
+            D.add(poly_z([(x1 - 1.7, 1.05), (x1 - 1.55, h - 0.08), (x0 + 1.1, h - 0.08), (x0 + 0.5, 1.05)], zc - 0.01), lab,
+                  GLASS, AX_Z, zc - 0.01, LAYER_STAND, zc, order=1)
+            for xw in (x0 + 0.8, x1 - 0.8):
+                D.add(ellipse_z(xw, 0.32, 0.32, 0.32, zc - 0.02), lab, TYRE, AX_Z, zc - 0.02, LAYER_STAND, zc, order=2)
+        else:
+            D.add(quad_z(x0, x1, 0.35, h, zc), lab, col, AX_Z, zc, LAYER_STAND, zc, tex=0.05)
+            D.add(quad_z(x0 + 0.6, x1 - 0.6, 1.2, h - 0.4, zc - 0.01), lab, GLASS, AX_Z, zc - 0.01, LAYER_STAND, zc,
+                  order=1, pattern=PAT_GLASS)
+            for xw in np.linspace(x0 + 1.5, x1 - 1.5, max(2, int(length / 6))):
+                D.add(ellipse_z(float(xw), 0.45, 0.45, 0.45, zc - 0.02), lab, TYRE, AX_Z, zc - 0.02, LAYER_STAND, zc,
+                      order=2)
+        D.lights.append(Light((x0 if rng.random() < 0.5 else x1, 0.8, zc - 0.5), (1.0, 0.95, 0.85), 3.0, glow=4.0,
+                              direction=None))
+
+    def _person(self, D: PrimSet, x: float, z: float, label: int | None = None, seated_y: float | None = None) -> None:
+        """A pedestrian (or, with `seated_y`, the upper body and legs of a rider) as a billboard."""
+        rng = self.rng_dyn
+        lab = L["person"] if label is None else label
+        hp = rng.uniform(1.55, 1.95)
+        top = _jitter(rng, _choice(rng, CLOTHES), 0.1)
+        legs = _jitter(rng, _choice(rng, CLOTHES), 0.1)
+        skin = _choice(rng, SKIN)
+        hw = hp * rng.uniform(0.12, 0.15)  # half shoulder width
+        if seated_y is None:
+            y_hip = hp * 0.5
+            stride = rng.uniform(0.0, 0.25)
+            for sx in (-1, 1):
+                xf = x + sx * stride
+                D.add(poly_z([(x + sx * 0.03, y_hip), (x + sx * hw * 0.75, y_hip), (xf + sx * 0.07, 0.0),
+                              (xf - sx * 0.06 + sx * 0.0, 0.0)], z), lab, legs, AX_Z, z, LAYER_STAND, z, order=0)
+            y0 = y_hip
+        else:
+            y0 = seated_y
+            hp = seated_y + hp * 0.5
+            D.add(poly_z([(x - 0.08, y0), (x + 0.08, y0), (x + 0.06, y0 - 0.75), (x - 0.06, y0 - 0.75)], z - 0.02), lab,
+                  legs, AX_Z, z - 0.02, LAYER_STAND, z, order=3)
+        y_sh = hp * 0.82
+        coat = rng.uniform(0, 0.25) if seated_y is None else 0.0
+        D.add(poly_z([(x - hw * 0.85, y0 - coat), (x + hw * 0.85, y0 - coat), (x + hw, y_sh), (x - hw, y_sh)], z), lab, top,
+              AX_Z, z, LAYER_STAND, z, order=1)
+        for sx in (-1, 1):
+            D.add(segment_z(x + sx * hw, y_sh - 0.02, x + sx * (hw + rng.uniform(0.0, 0.12)), y0 - 0.05, 0.09, z), lab, top,
+                  AX_Z, z, LAYER_STAND, z, order=1)
+        rh = hp * 0.065
+        D.add(quad_z(x - 0.04, x + 0.04, y_sh - 0.02, y_sh + 0.06, z), lab, skin, AX_Z, z, LAYER_STAND, z, order=2)
+        D.add(ellipse_z(x, y_sh + 0.05 + rh, rh * 0.85, rh * 1.05, z, n=10), lab, skin, AX_Z, z, LAYER_STAND, z, order=2)
+        if rng.random() < 0.6:  # hair / hat
+            D.add(ellipse_z(x, y_sh + 0.07 + rh * 1.35, rh * 0.9, rh * 0.6, z - 0.001, n=10), lab,
+                  _jitter(rng, _choice(rng, CLOTHES[:4])), AX_Z, z - 0.001, LAYER_STAND, z, order=3)
+        if rng.random() < 0.25:  # bag
+            sx = 1 if rng.random() < 0.5 else -1
+            D.add(quad_z(x + sx * hw, x + sx * (hw + 0.25), y0 - 0.1, y0 + 0.25, z - 0.01), lab,
+                  _jitter(rng, _choice(rng, CLOTHES)), AX_Z, z - 0.01, LAYER_STAND, z, order=4)
+        D.casters.append(("blob", x, z, 0.3, hp * 0.5))
+
+    def _bicycle(self, D: PrimSet, x: float, z: float, side_view: bool, label: int, rider: bool = False) -> None:
+        rng = self.rng_dyn
+        col = _jitter(rng, _choice(rng, CAR_COLORS + FENCE_COLORS), 0.1)
+        r = rng.uniform(0.32, 0.36)
+        if side_view:
+            wb = rng.uniform(1.0, 1.1)
+            xa, xb = x - wb / 2, x + wb / 2
+            for xw in (xa, xb):
+                D.add(ellipse_z(xw, r, r, r, z, n=14), label, TYRE, AX_Z, z, LAYER_STAND, z, order=0)
+                D.add(ellipse_z(xw, r, r * 0.82, r * 0.82, z - 0.001, n=14), label, srgb(110, 110, 110), AX_Z, z - 0.001,
+                      LAYER_STAND, z, order=1, tex=0.3)
+            ys = r + 0.45
+            for seg in [(xa, r, x - 0.05, r), (x - 0.05, r, x - 0.15, ys), (x - 0.15, ys, xb - 0.15, ys + 0.05),
+                        (xb - 0.15, ys + 0.05, xb, r), (x - 0.05, r, xb - 0.15, ys + 0.05), (xa, r, x - 0.15, ys),
+                        (xb - 0.15, ys + 0.05, xb - 0.2, ys + 0.3)]:
+                D.add(segment_z(*seg, 0.045, z - 0.002), label, col, AX_Z, z - 0.002, LAYER_STAND, z, order=2)
+            if rider:
+                self._person(D, x - 0.1, z - 0.01, label=L["rider"], seated_y=ys + 0.05)
+        else:  # seen from behind: a thin wheel and a rider above it
+            D.add(quad_z(x - 0.03, x + 0.03, 0.0, 2 * r, z), label, TYRE, AX_Z, z, LAYER_STAND, z, order=0)
+            D.add(quad_z(x - 0.12, x + 0.12, 2 * r - 0.05, 2 * r + 0.05, z - 0.001), label, col, AX_Z, z - 0.001,
+                  LAYER_STAND, z, order=1)
+            D.add(quad_z(x - 0.28, x + 0.28, 2 * r + 0.35, 2 * r + 0.38, z + 0.4), label, col, AX_Z, z + 0.4, LAYER_STAND,
+                  z, order=-1)
+            if rider:
+                self._person(D, x, z - 0.01, label=L["rider"], seated_y=2 * r + 0.3)
+            D.lights.append(Light((x, 2 * r, z - 0.05), (1.0, 0.05, 0.02), 0.1, glow=1.2))
+        D.casters.append(("pole", x, z, 0.6, 1.0))
+
+    def _motorcycle(self, D: PrimSet, x: float, z: float, side_view: bool, rider: bool) -> None:
+        rng = self.rng_dyn
+        lab = L["motorcycle"]
+        col = _jitter(rng, _choice(rng, CAR_COLORS), 0.1)
+        r = rng.uniform(0.3, 0.36)
+        if side_view:
+            wb = rng.uniform(1.3, 1.5)
+            for xw in (x - wb / 2, x + wb / 2):
+                D.add(ellipse_z(xw, r, r, r, z, n=14), lab, TYRE, AX_Z, z, LAYER_STAND, z, order=0)
+            D.add(poly_z([(x - wb / 2 + 0.1, r + 0.1), (x + wb / 2, r + 0.2), (x + wb / 2 - 0.1, r + 0.65),
+                          (x, r + 0.55), (x - wb / 2, r + 0.55)], z - 0.01), lab, col, AX_Z, z - 0.01, LAYER_STAND, z,
+                  order=1)
+            if rider:
+                self._person(D, x, z - 0.02, label=L["rider"], seated_y=r + 0.55)
+        else:
+            D.add(quad_z(x - 0.06, x + 0.06, 0, 2 * r, z), lab, TYRE, AX_Z, z, LAYER_STAND, z, order=0)
+            D.add(poly_z([(x - 0.25, 2 * r - 0.1), (x + 0.25, 2 * r - 0.1), (x + 0.2, 2 * r + 0.35),
+                          (x - 0.2, 2 * r + 0.35)], z - 0.01), lab, col, AX_Z, z - 0.01, LAYER_STAND, z, order=1)
+            D.add(quad_z(x - 0.1, x + 0.1, 2 * r, 2 * r + 0.08, z - 0.02), lab, (0.5, 0.02, 0.02), AX_Z, z - 0.02,
+                  LAYER_STAND, z, order=2, emit=(1.2, 0.04, 0.02))
+            D.lights.append(Light((x, 2 * r + 0.05, z - 0.05), (1.0, 0.05, 0.02), 0.2, glow=2.0))
+            if rider:
+                self._person(D, x, z - 0.03, label=L["rider"], seated_y=2 * r + 0.3)
+        D.casters.append(("pole", x, z, 0.5, 1.2))
+
+
+# --- look (lighting/exposure parameters) ---------------------------------------------------------------
+
+
+def sample_look(rng: np.random.Generator) -> dict:
+    """Sample the lighting of a scene: sun and sky by day; lamp colours, ambient and camera by night."""
+    sunny = rng.random() < 0.5
+    az = rng.uniform(-1.0, 1.0)  # sun azimuth from the street axis (rad), sign = side
+    el = rng.uniform(0.35, 0.9)
+    sun = np.array([math.sin(az) * math.cos(el), math.sin(el), math.cos(az) * math.cos(el) * rng.choice([-1, 1])])
+    lamp = str(rng.choice(["sodium", "led", "warm_led", "mercury"], p=[0.4, 0.3, 0.2, 0.1]))
+    return {
+        "sunny": bool(sunny),
+        "sun": sun.tolist(),
+        "sun_power": float(rng.uniform(3.0, 4.5)) if sunny else 0.0,
+        "sky_power": float(rng.uniform(0.8, 1.2) if sunny else rng.uniform(1.6, 2.4)),
+        "sky_top": srgb(*rng.uniform([80, 120, 180], [140, 170, 230])) if sunny else srgb(*([rng.uniform(170, 215)] * 3)),
+        "day_key": float(rng.uniform(0.16, 0.24)),
+        "day_tint": rng.uniform(0.94, 1.06, 3).tolist(),
+        "lamp": lamp,
+        "lamp_color": LAMP_COLORS[lamp],
+        "ambient": float(rng.uniform(0.006, 0.02)),
+        "ambient_color": _choice(rng, [(0.6, 0.7, 1.0), (1.0, 0.75, 0.5), (0.8, 0.8, 0.85)]),
+        "skyglow": _choice(rng, [(0.06, 0.05, 0.06), (0.08, 0.05, 0.03), (0.03, 0.035, 0.06)]),
+        "skyglow_power": float(rng.uniform(0.5, 1.5)),
+        "night_key": float(rng.uniform(0.05, 0.09)),
+        "max_gain": float(rng.uniform(6.0, 14.0)),
+        "wb": float(rng.uniform(0.2, 0.6)),  # share of the colour cast the camera's white balance removes
+        "shot": float(rng.uniform(0.004, 0.012)),
+        "read": float(rng.uniform(0.004, 0.012)),
+        "ego_lights": float(rng.uniform(0.6, 1.4)),
+        "lit_windows": float(rng.uniform(0.1, 0.4)),
+    }
+
+
+def build_scene(rng: np.random.Generator, height: int, width: int, domain: str = "cityscapes",
+                n_dynamic: int = 1) -> tuple[Scene, _Builder]:
+    """Sample one street scene: layout, camera, look and `n_dynamic` independent traffic sets.
+
+    Returns the scene and its builder (which can sample further dynamic sets with ``builder.dynamic``).
+    """
+    b = _Builder(rng, height, width, domain)
+    look = sample_look(rng)
+    b.lamp_color = look["lamp_color"]
+    st, cam = b.build_static()
+    dyn_rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(int(rng.integers(1 << 62))).spawn(n_dynamic)]
+    dynamics = [b.dynamic(r) for r in dyn_rngs]
+    return Scene(camera=cam, static=b.static, dynamics=dynamics, look=look, street=st, domain=domain), b

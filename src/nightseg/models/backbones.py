@@ -1,0 +1,157 @@
+"""Encoders: each returns a list of feature maps, shallowest first and deepest last.
+
+- `ResNetBackbone`: torchvision ResNet-18/50/101 made dilated (output stride 8 or 16), the encoder of
+  PSPNet (Zhao et al., CVPR 2017), DeepLab v2/v3+ and DANNet / seed 000.
+- `MiTBackbone`: the Mix Transformer encoders MiT-B0..B5 of SegFormer (Xie et al., NeurIPS 2021), from
+  segmentation_models_pytorch.
+- `MobileNetV3Backbone`: the dilated MobileNetV3-Large of LR-ASPP (Howard et al., ICCV 2019).
+
+ImageNet weights are fetched only when asked (`pretrained=True`); `fetch_weights` turns a failed
+download into a `UserError` that says where to put the file by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+from urllib.error import URLError
+
+import torch
+import torchvision
+from torch import nn
+
+from nightseg.errors import UserError
+
+DOWNLOAD_ERRORS = (URLError, OSError, RuntimeError, ValueError)
+
+
+def fetch_weights(fetch: Callable[[], Any], what: str, where: str) -> Any:
+    """Return ``fetch()``; a network/cache failure becomes a UserError naming `what` and `where` to put it."""
+    try:
+        return fetch()
+    except DOWNLOAD_ERRORS as exc:
+        raise UserError(
+            f"{what}: ImageNet weights could not be downloaded ({type(exc).__name__}: {exc}); "
+            f"go online once, or copy the file into {where}, or build with pretrained=False"
+        ) from exc
+
+
+def _torchvision_state_dict(weights: torchvision.models.WeightsEnum) -> dict[str, torch.Tensor]:
+    """Return the state dict of a torchvision weights enum, downloading it into the torch hub cache."""
+    hub = torch.hub.get_dir()
+    filename = weights.url.rsplit("/", 1)[-1]
+    return fetch_weights(
+        lambda: weights.get_state_dict(progress=True, check_hash=True),
+        weights.url,
+        f"{hub}/checkpoints/{filename}",
+    )
+
+
+def dilate_resnet(resnet: torchvision.models.ResNet, output_stride: int) -> None:
+    """Turn the strides of layer3/layer4 into dilations (in place) to reach `output_stride` (8 or 16).
+
+    Same scheme as torchvision's ``replace_stride_with_dilation`` (first block of a dilated stage keeps
+    the previous dilation), but it also works for ResNet-18/34, whose BasicBlock torchvision refuses to
+    dilate.
+    """
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+    dilation = 1
+    for name, dilate in (("layer3", output_stride <= 8), ("layer4", output_stride <= 16)):
+        if not dilate:
+            continue
+        layer = getattr(resnet, name, None)
+        if layer is None:
+            continue
+        previous, dilation = dilation, dilation * 2
+        for index, block in enumerate(layer):
+            d = previous if index == 0 else dilation
+            for module in block.modules():
+                if isinstance(module, nn.Conv2d):
+                    if module.stride == (2, 2):
+                        module.stride = (1, 1)
+                    if module.kernel_size == (3, 3):
+                        module.dilation = (d, d)
+                        module.padding = (d, d)
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet at output stride 8/16; returns the features of its stages (deepest last)."""
+
+    WEIGHTS: ClassVar[dict[int, tuple[Callable[..., torchvision.models.ResNet], str]]] = {
+        18: (torchvision.models.resnet18, "ResNet18_Weights"),
+        50: (torchvision.models.resnet50, "ResNet50_Weights"),
+        101: (torchvision.models.resnet101, "ResNet101_Weights"),
+    }
+
+    def __init__(self, depth: int, output_stride: int = 8, stages: int = 4, pretrained: bool = False) -> None:
+        super().__init__()
+        builder, weights_name = self.WEIGHTS[depth]
+        net = builder(weights=None)
+        if pretrained:
+            weights = getattr(torchvision.models, weights_name).IMAGENET1K_V1
+            net.load_state_dict(_torchvision_state_dict(weights))
+        dilate_resnet(net, output_stride)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layers = nn.ModuleList([getattr(net, f"layer{i}") for i in range(1, stages + 1)])
+        expansion = 4 if depth >= 50 else 1
+        self.channels = [64 * 2**i * expansion for i in range(stages)]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Return the stage outputs [layer1, ..., layerN] for a normalised image batch."""
+        x = self.stem(x)
+        features = []
+        for layer in self.layers:
+            x = layer(x)
+            features.append(x)
+        return features
+
+
+class MiTBackbone(nn.Module):
+    """SegFormer's Mix Transformer encoder MiT-B0..B5 (via segmentation_models_pytorch).
+
+    Returns the four stage outputs at strides 4, 8, 16, 32.
+    """
+
+    def __init__(self, variant: str, pretrained: bool = False) -> None:
+        super().__init__()
+        from segmentation_models_pytorch.encoders import get_encoder
+
+        name = f"mit_{variant}"
+        weights = "imagenet" if pretrained else None
+        self.encoder = fetch_weights(
+            lambda: get_encoder(name, in_channels=3, depth=5, weights=weights),
+            f"smp-hub/{name}.imagenet",
+            "the Hugging Face hub cache (~/.cache/huggingface/hub, or $HF_HOME/hub)",
+        )
+        # smp reports [input, dummy(0 channels), s4, s8, s16, s32]; keep the four real stages.
+        self.channels = list(self.encoder.out_channels[2:])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Return the MiT stage outputs [s4, s8, s16, s32] for a normalised image batch."""
+        return self.encoder(x)[2:]
+
+
+class MobileNetV3Backbone(nn.Module):
+    """Dilated MobileNetV3-Large as in torchvision's LR-ASPP: returns [low (stride 8), high (stride 16)]."""
+
+    def __init__(self, pretrained: bool = False) -> None:
+        super().__init__()
+        net = torchvision.models.mobilenet_v3_large(weights=None, dilated=True)
+        if pretrained:
+            weights = torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V1
+            net.load_state_dict(_torchvision_state_dict(weights))
+        blocks = net.features
+        stage_starts = [0] + [i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)] + [len(blocks) - 1]
+        self.low_index = stage_starts[-4]
+        self.features = blocks[: stage_starts[-1] + 1]
+        self.channels = [blocks[self.low_index].out_channels, blocks[stage_starts[-1]].out_channels]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Return [low-level features at stride 8, high-level features at stride 16]."""
+        low = None
+        for index, block in enumerate(self.features):
+            x = block(x)
+            if index == self.low_index:
+                low = x
+        return [low, x]

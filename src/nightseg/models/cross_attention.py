@@ -1,0 +1,131 @@
+"""Cross attention between night and day features (seed 000, Section 3.2, Eq. 2-3).
+
+Q comes from the night features X_n, K from the day features X_d (1x1 convs reducing the channels by 8,
+as in SAGAN/DANet), and V from either the night features (the equation's text) or the day features (the
+paper's remark that E is "a weighted sum of the features ... in the daytime features"):
+
+    s_ji = softmax_i(K_i . Q_j)                  (Eq. 2, no 1/sqrt(d) scaling)
+    E_j  = alpha * sum_i s_ji V_i + X_n_j        (Eq. 3, alpha initialised to 0)
+
+The attention is computed with `scaled_dot_product_attention` (flash/memory-efficient kernels, which
+never materialise the N x N map) and optionally in chunks of query positions.
+
+At inference there is no day image; `policy` says what to do then: ``bypass`` returns the night
+features unchanged, ``self`` attends the night features to themselves, ``reference`` needs the features
+of a given reference day image (ACDC and Dark Zurich ship one per image).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+VALUES = ("night", "day")
+POLICIES = ("bypass", "self", "reference")
+
+
+class CrossAttention(nn.Module):
+    """Cross attention module of seed 000 (Eq. 2-3) on feature maps with `channels` channels."""
+
+    def __init__(
+        self,
+        channels: int,
+        reduction: int = 8,
+        value: str = "night",
+        policy: str = "bypass",
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if value not in VALUES:
+            raise ValueError(f"value must be one of {VALUES}, got {value!r}")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        inner = max(channels // reduction, 1)
+        self.query = nn.Conv2d(channels, inner, 1)
+        self.key = nn.Conv2d(channels, inner, 1)
+        self.value = nn.Conv2d(channels, channels, 1)
+        self.alpha = nn.Parameter(torch.zeros(1))
+        self.value_source = value
+        self.policy = policy
+        self.chunk_size = chunk_size
+
+    def attend(self, night: torch.Tensor, day: torch.Tensor) -> torch.Tensor:
+        """Return E (Eq. 3) for night features [B,C,H,W] and day features [B,C,H',W'] (any H', W')."""
+        b, c, h, w = night.shape
+        q = self.query(night).flatten(2).transpose(1, 2).unsqueeze(1)  # [B,1,N,C/r]
+        k = self.key(day).flatten(2).transpose(1, 2).unsqueeze(1)  # [B,1,M,C/r]
+        source = night if self.value_source == "night" else day
+        v = self.value(source).flatten(2).transpose(1, 2).unsqueeze(1)  # [B,1,M,C]
+        if v.shape[2] != k.shape[2]:
+            raise ValueError(
+                f"value='night' needs night and day features of the same size, got {tuple(night.shape[-2:])} "
+                f"and {tuple(day.shape[-2:])}; use value='day' for references of another size"
+            )
+        step = self.chunk_size or q.shape[2]
+        parts = [
+            F.scaled_dot_product_attention(q[:, :, i : i + step], k, v, scale=1.0)
+            for i in range(0, q.shape[2], step)
+        ]
+        attended = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+        attended = attended.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
+        return night + self.alpha * attended
+
+    def forward(self, night: torch.Tensor, day: torch.Tensor | None = None, policy: str | None = None) -> torch.Tensor:
+        """Return the attended night features.
+
+        With `day` (training pairs, or the `reference` policy's reference features) this is Eq. 3.
+        Without it, `policy` (default ``self.policy``) decides: ``bypass`` or ``self``.
+        """
+        if day is not None:
+            return self.attend(night, day)
+        policy = policy or self.policy
+        if policy == "bypass":
+            return night
+        if policy == "self":
+            return self.attend(night, night)
+        if policy == "reference":
+            raise ValueError("policy 'reference' needs the reference image's features as `day`")
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+
+
+class CrossAttentionSegmenter(nn.Module):
+    """A segmenter with `CrossAttention` between its encoder and decoder, on the deepest features.
+
+    ``forward(night)`` applies the inference policy; ``forward(night, reference)`` attends to the
+    reference (day) image; ``forward_pair(night, day)`` returns (night logits with cross attention, day
+    logits) encoding each image once, for training on day/night pairs.
+    """
+
+    def __init__(self, segmenter: nn.Module, value: str = "night", policy: str = "bypass", reduction: int = 8) -> None:
+        super().__init__()
+        self.segmenter = segmenter
+        self.attention = CrossAttention(segmenter.feature_channels, reduction, value, policy)
+        self.feature_channels = segmenter.feature_channels
+        self.config = {
+            **segmenter.config,
+            "cross_attention": {"value": value, "policy": policy, "reduction": reduction},
+        }
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Return the wrapped segmenter's encoder features (no attention yet)."""
+        return self.segmenter.encode(x)
+
+    def decode(self, features: list[torch.Tensor], out_size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        """Return logits from (already attended) features."""
+        return self.segmenter.decode(features, out_size)
+
+    def forward(self, night: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+        """Return logits for `night` (RGB in [0,1]); with `reference`, attend to its features."""
+        features = self.encode(night)
+        day = self.encode(reference)[-1] if reference is not None else None
+        features[-1] = self.attention(features[-1], day)
+        return self.decode(features, night.shape[-2:])
+
+    def forward_pair(self, night: torch.Tensor, day: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (night logits with cross attention to `day`, day logits without attention)."""
+        night_features = self.encode(night)
+        day_features = self.encode(day)
+        day_logits = self.decode(day_features, day.shape[-2:])
+        night_features[-1] = self.attention(night_features[-1], day_features[-1])
+        return self.decode(night_features, night.shape[-2:]), day_logits

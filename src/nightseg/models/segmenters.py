@@ -1,0 +1,166 @@
+"""`build_segmenter(name)`: every segmentation network as one encoder + one decoder.
+
+A `Segmenter` takes RGB images in [0, 1] (ImageNet normalisation happens inside `encode`), so the same
+tensors can go through Zero-DCE relighting first. ``encode(x)`` returns the encoder features (deepest
+last) and ``decode(features, out_size)`` the logits at `out_size`; anything (e.g. cross attention) may
+rewrite the features in between. ``config`` holds the build kwargs: ``build_segmenter(**config)``
+rebuilds the architecture (never downloading weights) and is saved as ``{"model": config}`` in
+checkpoint metadata.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nightseg.errors import UserError
+from nightseg.models.backbones import MiTBackbone, MobileNetV3Backbone, ResNetBackbone
+from nightseg.models.cross_attention import CrossAttentionSegmenter
+from nightseg.models.heads import (
+    ASPPv2Head,
+    DeepLabV3PlusHead,
+    LRASPPHead,
+    PyramidPoolingHead,
+    SegFormerHead,
+)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Segmenter(nn.Module):
+    """An encoder (`backbone`) and a decoder (`head`) with ImageNet normalisation in front."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, config: dict) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.config = dict(config)
+        self.feature_channels: int = backbone.channels[-1]
+        # Not persistent: constants stay out of checkpoints.
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Return the encoder features (deepest last) of RGB images `x` in [0, 1], shape [B,3,H,W]."""
+        return self.backbone((x - self.mean) / self.std)
+
+    def decode(self, features: list[torch.Tensor], out_size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        """Return logits [B, num_classes, *out_size] (bilinear upsampling of the head's output)."""
+        logits = self.head(features)
+        if tuple(logits.shape[-2:]) != tuple(out_size):
+            logits = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
+        return logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits at the size of `x` (RGB in [0, 1])."""
+        return self.decode(self.encode(x), x.shape[-2:])
+
+
+def _pspnet(depth: int, stages: int = 4) -> Callable[[int, bool], tuple[nn.Module, nn.Module]]:
+    def build(num_classes: int, pretrained: bool) -> tuple[nn.Module, nn.Module]:
+        backbone = ResNetBackbone(depth, output_stride=8, stages=stages, pretrained=pretrained)
+        return backbone, PyramidPoolingHead(backbone.channels[-1], num_classes)
+
+    return build
+
+
+def _deeplabv2(num_classes: int, pretrained: bool) -> tuple[nn.Module, nn.Module]:
+    backbone = ResNetBackbone(101, output_stride=8, pretrained=pretrained)
+    return backbone, ASPPv2Head(backbone.channels[-1], num_classes)
+
+
+def _deeplabv3plus(num_classes: int, pretrained: bool) -> tuple[nn.Module, nn.Module]:
+    backbone = ResNetBackbone(50, output_stride=16, pretrained=pretrained)
+    return backbone, DeepLabV3PlusHead(backbone.channels[-1], backbone.channels[0], num_classes)
+
+
+def _segformer(variant: str) -> Callable[[int, bool], tuple[nn.Module, nn.Module]]:
+    def build(num_classes: int, pretrained: bool) -> tuple[nn.Module, nn.Module]:
+        backbone = MiTBackbone(variant, pretrained=pretrained)
+        embed_dim = 256 if variant == "b0" else 768  # as in the SegFormer paper
+        return backbone, SegFormerHead(backbone.channels, num_classes, embed_dim)
+
+    return build
+
+
+def _lraspp(num_classes: int, pretrained: bool) -> tuple[nn.Module, nn.Module]:
+    backbone = MobileNetV3Backbone(pretrained=pretrained)
+    return backbone, LRASPPHead(*backbone.channels, num_classes)
+
+
+# name -> (builder, one-line description)
+SEGMENTERS: dict[str, tuple[Callable[[int, bool], tuple[nn.Module, nn.Module]], str]] = {
+    "pspnet_r101": (_pspnet(101), "PSPNet, dilated ResNet-101 (OS 8) + pyramid pooling (DANNet, seed 000)"),
+    "pspnet_r50": (_pspnet(50), "PSPNet, dilated ResNet-50 (OS 8) + pyramid pooling"),
+    "pspnet_r18": (_pspnet(18), "PSPNet, dilated ResNet-18 (OS 8) + pyramid pooling; small CPU model"),
+    "pspnet_tiny": (_pspnet(18, stages=3), "PSPNet on the first 3 stages of ResNet-18 (OS 8); tiny CPU model"),
+    "deeplabv2_r101": (_deeplabv2, "DeepLab v2, dilated ResNet-101 (OS 8) + ASPP-v2 classifier (UDA baseline)"),
+    "deeplabv3plus_r50": (_deeplabv3plus, "DeepLab v3+, dilated ResNet-50 (OS 16) + ASPP + stride-4 decoder"),
+    **{
+        f"segformer_b{i}": (_segformer(f"b{i}"), f"SegFormer, MiT-B{i} encoder + all-MLP decoder")
+        for i in range(6)
+    },
+    "lraspp_mobilenetv3": (_lraspp, "LR-ASPP, dilated MobileNetV3-Large; real-time CPU model"),
+}
+
+
+def list_segmenters() -> list[str]:
+    """Return the names `build_segmenter` accepts."""
+    return list(SEGMENTERS)
+
+
+def build_segmenter(
+    name: str, num_classes: int = 19, pretrained: bool = False, cross_attention: dict | None = None
+) -> Segmenter | CrossAttentionSegmenter:
+    """Return the segmenter `name` with `num_classes` outputs; ImageNet encoder weights if `pretrained`.
+
+    With `cross_attention` (kwargs of `CrossAttentionSegmenter`: value, policy, reduction) the model
+    gets seed 000's cross attention (Eq. 2-3) between encoder and decoder. Raises a UserError for an
+    unknown name or when the weights cannot be downloaded (offline).
+    """
+    if name not in SEGMENTERS:
+        raise UserError(f"{name}: unknown model; choose one of {', '.join(SEGMENTERS)}")
+    if int(num_classes) < 1:
+        raise UserError(f"num_classes={num_classes}: must be at least 1")
+    builder, _ = SEGMENTERS[name]
+    backbone, head = builder(int(num_classes), bool(pretrained))
+    model = Segmenter(backbone, head, {"name": name, "num_classes": int(num_classes)})
+    if cross_attention is not None:
+        try:
+            return CrossAttentionSegmenter(model, **cross_attention)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"cross_attention={cross_attention}: {exc}") from exc
+    return model
+
+
+def _fused(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    return torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
+
+
+def fuse_batchnorm(model: nn.Module) -> nn.Module:
+    """Return an eval-mode copy of `model` with each BatchNorm folded into the conv before it.
+
+    Folds `nn.Sequential` runs Conv2d -> BatchNorm2d and the ``convN``/``bnN`` attribute pairs of
+    torchvision ResNet stems and blocks (which apply bnN right after convN). Inference only.
+    """
+    model = copy.deepcopy(model).eval()
+    for module in list(model.modules()):
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            for a, b in itertools.pairwise(names):
+                conv, bn = module._modules[a], module._modules[b]
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    module._modules[a] = _fused(conv, bn)
+                    module._modules[b] = nn.Identity()
+        for i in range(1, 4):
+            conv, bn = getattr(module, f"conv{i}", None), getattr(module, f"bn{i}", None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(module, f"conv{i}", _fused(conv, bn))
+                setattr(module, f"bn{i}", nn.Identity())
+    return model

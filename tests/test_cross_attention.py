@@ -1,0 +1,122 @@
+"""Cross attention (seed 000, Eq. 2-3): identity at alpha=0, gradients, policies, sdpa == naive."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nightseg.models import CrossAttention, build_segmenter
+from nightseg.models.cross_attention import CrossAttentionSegmenter
+
+
+def _naive(module: CrossAttention, night: torch.Tensor, day: torch.Tensor) -> torch.Tensor:
+    """Eq. 2-3 with an explicit N x M attention map."""
+    b, c, h, w = night.shape
+    q = module.query(night).flatten(2)  # [B, C', N]
+    k = module.key(day).flatten(2)  # [B, C', M]
+    v = module.value(night if module.value_source == "night" else day).flatten(2)  # [B, C, M]
+    s = torch.softmax(torch.einsum("bcj,bci->bji", q, k), dim=-1)  # s_ji, softmax over i (day positions)
+    e = torch.einsum("bji,bci->bcj", s, v).reshape(b, c, h, w)
+    return module.alpha * e + night
+
+
+@pytest.fixture
+def pair():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(2, 16, 5, 7, generator=g), torch.randn(2, 16, 5, 7, generator=g)
+
+
+@pytest.mark.parametrize("value", ["night", "day"])
+def test_alpha_zero_is_identity(pair, value):
+    night, day = pair
+    module = CrossAttention(16, value=value)
+    assert module.alpha.item() == 0.0
+    assert torch.equal(module(night, day), night)
+    assert torch.equal(module(night, policy="self"), night)
+
+
+def test_gradient_reaches_alpha_then_projections(pair):
+    night, day = pair
+    module = CrossAttention(16)
+    module(night, day).pow(2).sum().backward()
+    assert module.alpha.grad is not None and module.alpha.grad.abs().item() > 0
+    # at alpha = 0 the projections get no gradient yet; once alpha moves, they do
+    assert module.query.weight.grad.abs().sum().item() == 0
+    with torch.no_grad():
+        module.alpha.fill_(0.5)
+    module.zero_grad()
+    module(night, day).pow(2).sum().backward()
+    for conv in (module.query, module.key, module.value):
+        assert conv.weight.grad.abs().sum().item() > 0
+
+
+@pytest.mark.parametrize("value", ["night", "day"])
+@pytest.mark.parametrize("chunk", [None, 8])
+def test_sdpa_matches_naive(pair, value, chunk):
+    night, day = pair
+    module = CrossAttention(16, reduction=4, value=value, chunk_size=chunk)
+    with torch.no_grad():
+        module.alpha.fill_(0.7)
+        got = module(night, day)
+        want = _naive(module, night, day)
+    assert not torch.allclose(got, night)  # attention changed something
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_value_source_matters(pair):
+    night, day = pair
+    a = CrossAttention(16, value="night")
+    b = CrossAttention(16, value="day")
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        a.alpha.fill_(1.0)
+        b.alpha.fill_(1.0)
+        assert not torch.allclose(a(night, day), b(night, day))
+
+
+def test_policies(pair):
+    night, day = pair
+    module = CrossAttention(16, policy="bypass")
+    with torch.no_grad():
+        module.alpha.fill_(0.3)
+        assert module(night) is night
+        self_out = module(night, policy="self")
+        assert self_out.shape == night.shape
+        assert torch.allclose(self_out, _naive(module, night, night), atol=1e-5)
+        # reference: a day image's features of another size work with value="day"
+        reference = torch.randn(2, 16, 3, 4)
+        ref_module = CrossAttention(16, value="day", policy="reference")
+        ref_module.alpha.fill_(0.3)
+        assert ref_module(night, reference).shape == night.shape
+        with pytest.raises(ValueError, match="reference"):
+            ref_module(night)
+        with pytest.raises(ValueError, match="same size"):
+            module(night, reference)
+    with pytest.raises(ValueError, match="policy"):
+        CrossAttention(16, policy="dream")
+
+
+def test_segmenter_with_cross_attention():
+    model = build_segmenter("pspnet_tiny", num_classes=5, cross_attention={"value": "day", "policy": "self"})
+    assert isinstance(model, CrossAttentionSegmenter)
+    plain = build_segmenter("pspnet_tiny", num_classes=5)
+    plain.load_state_dict(model.segmenter.state_dict())
+    model.eval()
+    plain.eval()
+    night, day = torch.rand(2, 3, 48, 64), torch.rand(2, 3, 48, 64)
+    with torch.no_grad():
+        # alpha = 0: identical to the plain segmenter whatever the policy
+        assert torch.allclose(model(night), plain(night))
+        night_logits, day_logits = model.forward_pair(night, day)
+        assert night_logits.shape == day_logits.shape == (2, 5, 48, 64)
+        assert torch.allclose(day_logits, plain(day))
+        model.attention.alpha.fill_(0.5)
+        assert not torch.allclose(model(night, day), plain(night))
+        assert model(night, torch.rand(2, 3, 32, 40)).shape == (2, 5, 48, 64)  # reference of another size
+    again = build_segmenter(**model.config)
+    assert again.state_dict().keys() == model.state_dict().keys()
+    assert again.config["cross_attention"] == {"value": "day", "policy": "self", "reduction": 8}
+    model.train()
+    night_logits, _ = model.forward_pair(night, day)
+    night_logits.mean().backward()
+    assert model.attention.alpha.grad is not None
