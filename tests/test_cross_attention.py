@@ -63,6 +63,28 @@ def test_sdpa_matches_naive(pair, value, chunk):
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
+def test_automatic_chunking_with_recompute_matches_unchunked(monkeypatch):
+    import nightseg.models.cross_attention as ca
+
+    g = torch.Generator().manual_seed(1)
+    night, day = torch.randn(1, 16, 9, 10, generator=g), torch.randn(1, 16, 9, 10, generator=g)
+    monkeypatch.setattr(ca, "CHUNK_ELEMENTS", 1)  # -> chunks of 64 query positions (of 90)
+    assert ca._auto_chunk(torch.zeros(1, 1, 90, 2), torch.zeros(1, 1, 90, 16)) == 64
+    chunked = CrossAttention(16, reduction=8)
+    whole = CrossAttention(16, reduction=8, chunk_size=10**6)
+    whole.load_state_dict(chunked.state_dict())
+    grads = []
+    for module in (chunked, whole):
+        with torch.no_grad():
+            module.alpha.fill_(0.4)
+        out = module(night, day)
+        out.pow(2).sum().backward()
+        grads.append((out.detach(), module.query.weight.grad.clone(), module.value.weight.grad.clone()))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    assert grads[0][1].abs().sum() > 0
+
+
 def test_value_source_matters(pair):
     night, day = pair
     a = CrossAttention(16, value="night")
@@ -75,7 +97,7 @@ def test_value_source_matters(pair):
 
 
 def test_policies(pair):
-    night, day = pair
+    night, _ = pair
     module = CrossAttention(16, policy="bypass")
     with torch.no_grad():
         module.alpha.fill_(0.3)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torchvision import tv_tensors
+
 from fixtures_datasets import (
     BDD_DAY_ID,
     BUILDERS,
@@ -25,13 +28,10 @@ from fixtures_datasets import (
     make_nighttime_driving,
     plant,
 )
-from PIL import Image
-from torchvision import tv_tensors
-
 from nightseg.data import (
-    DATASET_NAMES,
     ACDC,
     BDD100K,
+    DATASET_NAMES,
     Cityscapes,
     DarkZurich,
     DarkZurichPairs,
@@ -312,7 +312,7 @@ def test_data_check_reports_planted_defect(tmp_path, realdata, run_cli, name, de
 
 def test_data_check_pairs_missing_day_image_and_orphan_label(tmp_path, realdata, run_cli):
     make_dark_zurich(tmp_path, realdata)
-    night, day = dark_zurich_rows(realdata)[-1]
+    _night, day = dark_zurich_rows(realdata)[-1]
     (tmp_path / "rgb_anon" / f"{day}_rgb_anon.png").unlink()
     result = run_cli("data", "check", "dark_zurich_pairs", tmp_path)
     assert result.code == 1

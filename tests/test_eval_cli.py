@@ -38,7 +38,7 @@ def _predict(gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     pred = np.roll(gt, (2, 3), axis=(0, 1)).copy()
     for _ in range(4):
         y, x = rng.integers(0, gt.shape[0] - 10), rng.integers(0, gt.shape[1] - 10)
-        pred[y : y + 10, x : x + 14] = rng.choice(EVAL_LABEL_IDS + [0, 4, 9, 29])
+        pred[y : y + 10, x : x + 14] = rng.choice([*EVAL_LABEL_IDS, 0, 4, 9, 29])
     noise = rng.random(gt.shape) < 0.05
     pred[noise] = rng.choice(sorted(VALID_LABEL_IDS), size=int(noise.sum()))
     return pred

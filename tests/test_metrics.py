@@ -170,6 +170,7 @@ def test_all_reduce_without_process_group_is_an_independent_copy():
     assert torch.equal(ec.all_reduce().counts, ec.counts)
 
 
+@pytest.mark.slow
 def test_all_reduce_sums_over_two_processes(tmp_path):
     """Two gloo processes each count different pixels; all_reduce gives both ranks the sum."""
     script = tmp_path / "ddp.py"

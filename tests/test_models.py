@@ -15,7 +15,14 @@ from nightseg.models.backbones import dilate_resnet
 
 ALL = list_segmenters()
 # one per family gets a backward pass in training mode
-GRADIENT = ["pspnet_tiny", "pspnet_r18", "deeplabv2_r101", "deeplabv3plus_r50", "segformer_b0", "lraspp_mobilenetv3"]
+GRADIENT = [
+    "pspnet_tiny",
+    "pspnet_r18",
+    "deeplabv2_r101",
+    "deeplabv3plus_r50",
+    "segformer_b0",
+    "lraspp_mobilenetv3",
+]
 
 
 @pytest.fixture(autouse=True)

@@ -167,7 +167,9 @@ def night_folder(tmp_path) -> Path:
     rng = np.random.default_rng(0)
     folder = tmp_path / "night"
     for i, (h, w) in enumerate([(40, 56), (48, 40), (36, 36)]):
-        write_png(folder / ("sub" if i == 2 else "") / f"n{i}.png", (rng.random((h, w, 3)) * 60).astype(np.uint8))
+        write_png(
+            folder / ("sub" if i == 2 else "") / f"n{i}.png", (rng.random((h, w, 3)) * 60).astype(np.uint8)
+        )
     return folder
 
 
@@ -195,7 +197,9 @@ def test_cli_train_errors(tmp_path, run_cli):
     empty.mkdir()
     result = run_cli("relight", "train", "--images", empty, "--out", tmp_path / "w.safetensors")
     assert result.code == 2 and "empty" in result.err
-    result = run_cli("relight", "train", "--images", tmp_path / "missing", "--out", tmp_path / "w.safetensors")
+    result = run_cli(
+        "relight", "train", "--images", tmp_path / "missing", "--out", tmp_path / "w.safetensors"
+    )
     assert result.code == 2 and "missing" in result.err
 
 
@@ -204,13 +208,26 @@ def test_cli_apply_files_folders_globs(night_folder, tmp_path, run_cli):
     out = tmp_path / "out"
     result = run_cli("relight", "apply", night_folder, "--out", out, "--weights", weights)
     assert result.code == 0, result.err
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["n0.png", "n1.png", "sub/n2.png"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "n0.png",
+        "n1.png",
+        "sub/n2.png",
+    ]
     model = load_dce_weights(weights)
     expected = relight_image(model, read_image(night_folder / "n0.png"))
     assert np.array_equal(read_image(out / "n0.png"), expected)
 
     out2 = tmp_path / "out2"
-    result = run_cli("relight", "apply", str(night_folder / "n*.png"), night_folder / "sub" / "n2.png", "--out", out2, "--weights", weights)
+    result = run_cli(
+        "relight",
+        "apply",
+        str(night_folder / "n*.png"),
+        night_folder / "sub" / "n2.png",
+        "--out",
+        out2,
+        "--weights",
+        weights,
+    )
     assert result.code == 0, result.err
     assert sorted(p.name for p in out2.glob("*.png")) == ["n0.png", "n1.png", "n2.png"]
 
@@ -230,5 +247,14 @@ def test_cli_apply_errors(night_folder, tmp_path, run_cli, monkeypatch):
     clash = tmp_path / "other"
     write_png(clash / "n0.png", np.zeros((8, 8, 3), np.uint8))
     weights = save_dce_weights(DCENet(), tmp_path / "w.safetensors")
-    result = run_cli("relight", "apply", night_folder / "n0.png", clash / "n0.png", "--out", tmp_path / "o", "--weights", weights)
+    result = run_cli(
+        "relight",
+        "apply",
+        night_folder / "n0.png",
+        clash / "n0.png",
+        "--out",
+        tmp_path / "o",
+        "--weights",
+        weights,
+    )
     assert result.code == 2 and "n0.png" in result.err and "overwrite" in result.err

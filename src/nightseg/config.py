@@ -50,7 +50,7 @@ class StreamConfig:
     dataset: str | None = None
     split: str = "train"
     root: str | None = None
-    """Dataset root; ``null`` uses ``data.root``."""
+    """Dataset root; a relative path is taken inside ``data.root``, ``null`` is ``data.root`` itself."""
     resize: list[int] | None = None
     """``[H, W]`` resize applied before augmentation (``null``: native size)."""
     scale: list[float] = field(default_factory=lambda: [1.0, 1.0])

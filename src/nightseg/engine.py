@@ -246,7 +246,7 @@ def build_transform(stream: Any, train: bool) -> Any:
 
 def build_stream_dataset(stream: Any, data_root: str, train: bool) -> Dataset:
     """Return the dataset of one stream config (`nightseg.data.build_dataset` or a ``module:factory``)."""
-    root = stream.root if stream.root is not None else data_root
+    root = Path(data_root) / stream.root if stream.root is not None else Path(data_root)  # absolute root stays
     transform = build_transform(stream, train)
     if ":" in stream.dataset:
         dataset = _factory(stream.dataset, "dataset")(root, stream.split, transform=transform, **stream.options)
@@ -481,6 +481,10 @@ class StepProgressBar(TQDMProgressBar):
         return bar
 
 
+class TrainingStopped(Exception):
+    """Raised out of ``trainer.fit`` after SIGTERM / Ctrl-C once the training state is saved."""
+
+
 class RunCallback(L.Callback):
     """Seeds each step, saves the training state, exports checkpoints and metrics, handles SIGTERM/Ctrl-C."""
 
@@ -492,6 +496,7 @@ class RunCallback(L.Callback):
         self.latest: dict[str, Any] | None = None  # the last validation's full results
         self.stop_requested = False
         self.interrupted = False
+        self._save_after_validation = False
         self.last_saved_step: int | None = None
         self.last_val_step: int | None = None
         self._forwarded = False
@@ -541,12 +546,21 @@ class RunCallback(L.Callback):
         stop = self.stop_requested
         if trainer.world_size > 1:
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        every = self.cfg.train.state_every
-        if stop or (every and step % every == 0) or step >= trainer.max_steps:
-            self.save_state(trainer, pl_module)
         if stop:
+            self.save_state(trainer, pl_module)
             self.interrupted = True
-            trainer.should_stop = True
+            raise TrainingStopped(f"stopped by a signal at step {step}; the training state is saved")
+        every = self.cfg.train.state_every
+        if (every and step % every == 0) or step >= trainer.max_steps:
+            if self.validates_at(step):
+                self._save_after_validation = True  # so that the state includes this step's validation
+            else:
+                self.save_state(trainer, pl_module)
+
+    def validates_at(self, step: int) -> bool:
+        """Whether Lightning validates right after training step `step` (``val_check_interval`` steps)."""
+        every = self.cfg.train.val_every
+        return bool(every) and self.cfg.data.val.dataset is not None and step % every == 0
 
     def save_state(self, trainer: L.Trainer, pl_module: SegmentationModule) -> None:
         """Write the resumable state (all ranks must call this) and ``checkpoints/last`` (rank 0)."""
@@ -574,6 +588,9 @@ class RunCallback(L.Callback):
             log.info("step %d: val mIoU %.2f  mEF1 %.2f", step, 100 * _finite(results["mIoU"]),
                      100 * _finite(results["mEF1"]))
             self.write_metrics(trainer, pl_module, finished=False)
+        if self._save_after_validation and trainer.state.fn == "fit":
+            self._save_after_validation = False
+            self.save_state(trainer, pl_module)
 
     def write_metrics(self, trainer: L.Trainer, pl_module: SegmentationModule, finished: bool) -> dict[str, Any]:
         """Write ``metrics.json`` (rank 0) and return its content."""
@@ -772,7 +789,8 @@ def train(cfg: Config, run_dir: str | os.PathLike, resume: bool = False,
         if ckpt_path is not None:
             log.info("resuming %s from step %d", run.root, state_step(run.state))
         started = time.perf_counter()
-        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        with contextlib.suppress(TrainingStopped):
+            trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
         if run_callback.interrupted:
             log.warning("stopped at step %d; the training state is saved: continue with --resume", trainer.global_step)
             return run_callback.write_metrics(trainer, module, finished=False)

@@ -27,9 +27,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "eval",
         parents=[common],
         help="score a folder of prediction PNGs against ground truth",
-        description="Score prediction PNGs against ground-truth PNGs: per-class IoU and accuracy, mIoU, "
-        "pixel accuracy, frequency-weighted IoU; with --images also the exposure-aware F1 (mEF1) of "
-        "Tan et al. (NightCity) per HSV-value bin.",
+        description="Score prediction PNGs against ground-truth PNGs: per-class IoU and accuracy, mIoU,\n"
+        "pixel accuracy, frequency-weighted IoU; with --images also the exposure-aware F1 (mEF1)\n"
+        "of Tan et al. (NightCity, Sec. 5.1) per HSV-value exposure bin.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -37,14 +37,22 @@ LR, WEIGHT_DECAY, GRAD_CLIP = 1e-4, 1e-4, 0.1
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add `relight` with its `train` and `apply` subcommands."""
-    parser = subparsers.add_parser("relight", parents=[common], help="train or apply the Zero-DCE relighting network")
+    parser = subparsers.add_parser(
+        "relight", parents=[common], help="train or apply the Zero-DCE relighting network"
+    )
     sub = parser.add_subparsers(dest="relight_command", metavar="{train,apply}", required=True)
 
-    train = sub.add_parser("train", parents=[common], help="train DCE-Net on a folder of unlabeled (night) images")
-    train.add_argument("--images", required=True, type=Path, help="folder of unlabeled images (searched recursively)")
+    train = sub.add_parser(
+        "train", parents=[common], help="train DCE-Net on a folder of unlabeled (night) images"
+    )
+    train.add_argument(
+        "--images", required=True, type=Path, help="folder of unlabeled images (searched recursively)"
+    )
     train.add_argument("--out", type=Path, default=Path("zero_dce.safetensors"), help="weights file to write")
     train.add_argument("--epochs", type=int, default=100, help="passes over the images (default 100)")
-    train.add_argument("--size", type=int, default=256, help="square training crop after resizing the short side")
+    train.add_argument(
+        "--size", type=int, default=256, help="square training crop after resizing the short side"
+    )
     train.add_argument("--batch-size", type=int, default=8, help="images per step (default 8, as the paper)")
     train.add_argument("--seed", type=int, default=0, help="random seed (training is deterministic by seed)")
     train.add_argument("--resume", action="store_true", help="continue from OUT's .train.safetensors state")
@@ -53,7 +61,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     apply = sub.add_parser("apply", parents=[common], help="relight images with trained or official weights")
     apply.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     apply.add_argument("--out", required=True, type=Path, help="output folder for the relit PNGs")
-    apply.add_argument("--weights", type=Path, help="Epoch99.pth or .safetensors (default $NIGHTSEG_RELIGHT_WEIGHTS)")
+    apply.add_argument(
+        "--weights", type=Path, help="Epoch99.pth or .safetensors (default $NIGHTSEG_RELIGHT_WEIGHTS)"
+    )
     apply.set_defaults(relight_func=run_apply)
     parser.set_defaults(func=run)
 
@@ -99,7 +109,9 @@ def _load_state(out: Path, model: DCENet, optimizer: torch.optim.Optimizer, sett
     training = meta.get("training", {})
     for key, value in settings.items():
         if training.get(key) != value:
-            raise UserError(f"{path}: was trained with {key}={training.get(key)!r}, this run asks for {value!r}; use the same settings to resume")
+            raise UserError(
+                f"{path}: was trained with {key}={training.get(key)!r}, this run asks for {value!r}; use the same settings to resume"
+            )
     load_state_into(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -115,7 +127,9 @@ def train_relight(
 ) -> DCENet:
     """Train DCE-Net with the zero-reference losses on `images`; write `out` after each epoch; return it."""
     if size < 16 or size % 16:
-        raise UserError(f"--size {size}: must be a positive multiple of 16 (the exposure loss uses 16x16 patches)")
+        raise UserError(
+            f"--size {size}: must be a positive multiple of 16 (the exposure loss uses 16x16 patches)"
+        )
     if epochs < 1 or batch_size < 1:
         raise UserError(f"--epochs {epochs} / --batch-size {batch_size}: must be at least 1")
     model = DCENet(generator=torch.Generator().manual_seed(seed))
@@ -134,7 +148,12 @@ def train_relight(
         order = torch.randperm(len(images), generator=generator).tolist()
         total, parts_sum = 0.0, dict.fromkeys(("spa", "exp", "col", "tvA"), 0.0)
         for step in range(steps):
-            batch = torch.stack([_load_crop(images[i], size, generator) for i in order[step * batch_size : (step + 1) * batch_size]])
+            batch = torch.stack(
+                [
+                    _load_crop(images[i], size, generator)
+                    for i in order[step * batch_size : (step + 1) * batch_size]
+                ]
+            )
             enhanced, curves = model.enhance(batch)
             loss, parts = zero_reference_loss(enhanced, batch, curves)
             optimizer.zero_grad(set_to_none=True)
@@ -147,7 +166,9 @@ def train_relight(
                 parts_sum[k] += v
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{value:.4f}")
-        history.append({"epoch": epoch + 1, "loss": total / steps, **{k: v / steps for k, v in parts_sum.items()}})
+        history.append(
+            {"epoch": epoch + 1, "loss": total / steps, **{k: v / steps for k, v in parts_sum.items()}}
+        )
         _save_state(out, model, optimizer, {**settings, "epochs_done": epoch + 1, "history": history})
     bar.close()
     return model.eval()
@@ -161,7 +182,9 @@ def run_train(args: argparse.Namespace) -> int:
     if args.out.suffix != ".safetensors":
         raise UserError(f"--out {args.out}: must end in .safetensors")
     if args.resume and not _state_path(args.out).is_file():
-        raise UserError(f"{_state_path(args.out)}: no training state to resume from; run without --resume first")
+        raise UserError(
+            f"{_state_path(args.out)}: no training state to resume from; run without --resume first"
+        )
     train_relight(images, args.out, args.epochs, args.size, args.batch_size, args.seed, args.resume)
     print(f"wrote {args.out}")
     return 0
@@ -192,7 +215,9 @@ def expand_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
     seen: dict[Path, Path] = {}
     for src, rel in pairs:
         if rel in seen and seen[rel] != src:
-            raise UserError(f"{src}: would overwrite the output of {seen[rel]} ({rel}); relight them into different --out folders")
+            raise UserError(
+                f"{src}: would overwrite the output of {seen[rel]} ({rel}); relight them into different --out folders"
+            )
         seen[rel] = src
     return list(dict.fromkeys(pairs))
 

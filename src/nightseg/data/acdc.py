@@ -84,6 +84,7 @@ class ACDC(SegmentationDataset):
             for record in listing.records:
                 record.meta["condition"] = cond
             total.records += listing.records
+            total.notes.append(f"{cond}: {len(listing.records)} samples" + (" with references" if with_reference else ""))
             total.missing += listing.missing
             total.orphans += listing.orphans
         return total

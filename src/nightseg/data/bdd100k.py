@@ -17,7 +17,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nightseg.data.common import Listing, SegmentationDataset, files_with_suffix, match_files, read_lines, require_dir
+from nightseg.data.common import (
+    Listing,
+    SegmentationDataset,
+    files_with_suffix,
+    match_files,
+    read_lines,
+    require_dir,
+)
 from nightseg.errors import UserError
 
 LAYOUTS = {  # name: (image folder, image suffix, label folder, label suffix)

@@ -159,7 +159,7 @@ def format_report(report: CheckReport, skip_bad: bool = False) -> list[str]:
     if defects:
         lines.append(f"DEFECTS ({len(defects)}):")
         lines.extend(f"  {d}" for d in defects)
-        lines.append(f"result: {len(defects)} defects"
+        lines.append(f"result: {len(defects)} defect{'s' if len(defects) > 1 else ''}"
                      + (" — with --skip-bad these samples are skipped and the rest loads" if skip_bad else
                         " — fix them, or load with --skip-bad / skip_bad=True to skip them"))
     else:

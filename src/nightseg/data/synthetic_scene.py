@@ -181,18 +181,16 @@ class PrimSet:
         order: int = 0,
     ) -> None:
         """Append one primitive (one or more polygons of Nx3 world points sharing its attributes)."""
-        if isinstance(polys, np.ndarray):
-            polys = [polys]
-        self.polys.append([np.asarray(p, dtype=np.float64) for p in polys])
-        self.label.append(int(label))
-        self.albedo.append(tuple(float(a) for a in albedo))  # type: ignore[arg-type]
+        self.polys.append([polys] if isinstance(polys, np.ndarray) else polys)
+        self.label.append(label)
+        self.albedo.append(albedo)
         self.axis.append(axis)
-        self.value.append(float(value))
+        self.value.append(value)
         self.pattern.append(pattern)
         self.params.append(tuple(params) + (0.0,) * (N_PARAMS - len(params)))
-        self.tex.append((float(tex), int(tex_scale)))
-        self.emit.append(tuple(float(e) for e in emit))  # type: ignore[arg-type]
-        self.emit_day.append(tuple(float(e) for e in emit_day))  # type: ignore[arg-type]
+        self.tex.append((tex, tex_scale))
+        self.emit.append(emit)
+        self.emit_day.append(emit_day)
         self.keys.append((layer, -float(depth), order))
 
     def __len__(self) -> int:
@@ -226,15 +224,29 @@ def poly_z(xy: list[tuple[float, float]] | np.ndarray, z: float) -> np.ndarray:
 def ellipse_z(cx: float, cy: float, rx: float, ry: float, z: float, n: int = 14,
               rng: np.random.Generator | None = None, jitter: float = 0.0) -> np.ndarray:
     """Ellipse (optionally with jittered radius: a blob) in the plane Z = z."""
-    a = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    cs = _circle(n)
     r = 1.0 + (rng.uniform(-jitter, jitter, n) if rng is not None and jitter else 0.0)
-    return poly_z(np.stack([cx + rx * r * np.cos(a), cy + ry * r * np.sin(a)], axis=1), z)
+    out = np.empty((n, 3))
+    out[:, 0] = cx + rx * r * cs[0]
+    out[:, 1] = cy + ry * r * cs[1]
+    out[:, 2] = z
+    return out
+
+
+_CIRCLES: dict[int, np.ndarray] = {}
+
+
+def _circle(n: int) -> np.ndarray:
+    if n not in _CIRCLES:
+        a = np.linspace(0, 2 * np.pi, n, endpoint=False)
+        _CIRCLES[n] = np.stack([np.cos(a), np.sin(a)])
+    return _CIRCLES[n]
 
 
 def ellipse_x(x: float, cz: float, cy: float, rz: float, ry: float, n: int = 14) -> np.ndarray:
     """Ellipse in the plane X = x (a wheel seen on a vehicle side)."""
-    a = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    return np.stack([np.full(n, x), cy + ry * np.sin(a), cz + rz * np.cos(a)], axis=1)
+    cs = _circle(n)
+    return np.stack([np.full(n, x), cy + ry * cs[1], cz + rz * cs[0]], axis=1)
 
 
 def segment_z(x0: float, y0: float, x1: float, y1: float, width: float, z: float) -> np.ndarray:
@@ -265,8 +277,8 @@ def _choice(rng: np.random.Generator, seq: list):
 
 
 def _jitter(rng: np.random.Generator, color: tuple[float, float, float], amount: float = 0.15) -> tuple:
-    g = rng.uniform(1 - amount, 1 + amount)
-    return tuple(float(np.clip(c * g * rng.uniform(1 - amount / 3, 1 + amount / 3), 0, 1)) for c in color)
+    g = rng.uniform(1 - amount, 1 + amount, 4)
+    return tuple(min(max(c * g[0] * (1 + (g[k + 1] - 1) / 3), 0.0), 1.0) for k, c in enumerate(color))
 
 
 class _Builder:

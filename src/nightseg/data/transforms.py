@@ -19,8 +19,7 @@ from typing import Any
 
 import torch
 from torchvision import tv_tensors
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
 from nightseg.classes import IGNORE_INDEX

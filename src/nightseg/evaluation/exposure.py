@@ -62,12 +62,13 @@ def exposure_bins(image: torch.Tensor, num_bins: int = NUM_EXPOSURE_BINS) -> tor
     value = image.amax(dim=-3)
     if value.dtype == torch.uint8:
         # floor(v * num_bins / 255): exact for all 256 values (tested), one float multiply per pixel
-        scaled = value.to(torch.float32) * (num_bins / 255.0) + 1e-4
+        scale, tolerance = num_bins / 255.0, 1e-4
     elif value.is_floating_point():
-        scaled = value.to(torch.float32) * num_bins + num_bins * 1e-6
+        scale, tolerance = float(num_bins), num_bins * 1e-6
     else:
         raise TypeError(f"images must be uint8 or floating point in [0, 1], got dtype {image.dtype}")
-    return scaled.clamp_(0, num_bins - 1).to(torch.int32)
+    scaled = value.to(torch.float32, copy=True)
+    return scaled.mul_(scale).add_(tolerance).clamp_(0, num_bins - 1).to(torch.int32)
 
 
 def bin_edges(num_bins: int = NUM_EXPOSURE_BINS) -> list[tuple[float, float]]:

@@ -110,7 +110,7 @@ def accumulate_histogram(
         bins = _as_int_tensor(bins, "bins")
         if bins.shape != index.shape:
             raise ValueError(f"exposure bins shape {tuple(bins.shape)} != target shape {tuple(index.shape)}")
-        index.add_(bins.to(device=index.device, dtype=torch.int32) * _ROWS)
+        index.add_(bins.to(device=index.device, dtype=torch.int32), alpha=_ROWS)
     index.mul_(cols).add_(pred)
     size = num_bins * _ROWS * cols
     hist = torch.bincount(index.reshape(-1), minlength=size)

@@ -142,7 +142,9 @@ class MobileNetV3Backbone(nn.Module):
             weights = torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V1
             net.load_state_dict(_torchvision_state_dict(weights))
         blocks = net.features
-        stage_starts = [0] + [i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)] + [len(blocks) - 1]
+        stage_starts = (
+            [0] + [i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)] + [len(blocks) - 1]
+        )
         self.low_index = stage_starts[-4]
         self.features = blocks[: stage_starts[-1] + 1]
         self.channels = [blocks[self.low_index].out_channels, blocks[stage_starts[-1]].out_channels]

@@ -20,9 +20,28 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 VALUES = ("night", "day")
+# Attention map elements per chunk where no memory-efficient kernel exists (2**25 floats = 128 MiB).
+CHUNK_ELEMENTS = 2**25
 POLICIES = ("bypass", "self", "reference")
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, scale=1.0)
+
+
+def _auto_chunk(q: torch.Tensor, v: torch.Tensor) -> int:
+    """Return the query chunk length that bounds the materialised attention map.
+
+    PyTorch's CPU flash kernel needs equal Q and V widths (here C/8 vs C), so on the CPU sdpa falls back
+    to the math kernel, which builds the N x M map: chunk the queries so a chunk's map stays at
+    `CHUNK_ELEMENTS`. CUDA's memory-efficient kernel handles unequal widths: no chunking there.
+    """
+    if q.device.type == "cuda" or q.shape[-1] == v.shape[-1]:
+        return q.shape[2]
+    return max(64, CHUNK_ELEMENTS // max(v.shape[2], 1))
 
 
 class CrossAttention(nn.Module):
@@ -34,7 +53,7 @@ class CrossAttention(nn.Module):
         reduction: int = 8,
         value: str = "night",
         policy: str = "bypass",
-        chunk_size: int | None = None,
+        chunk_size: int | None = None,  # query positions per chunk; None: automatic
     ) -> None:
         super().__init__()
         if value not in VALUES:
@@ -62,16 +81,25 @@ class CrossAttention(nn.Module):
                 f"value='night' needs night and day features of the same size, got {tuple(night.shape[-2:])} "
                 f"and {tuple(day.shape[-2:])}; use value='day' for references of another size"
             )
-        step = self.chunk_size or q.shape[2]
-        parts = [
-            F.scaled_dot_product_attention(q[:, :, i : i + step], k, v, scale=1.0)
-            for i in range(0, q.shape[2], step)
-        ]
-        attended = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
+        step = self.chunk_size or _auto_chunk(q, v)
+        if step >= q.shape[2]:
+            attended = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        else:
+            # Recompute each chunk in backward instead of keeping its attention map: memory stays O(step * M).
+            keep = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+            parts = [
+                checkpoint(_sdpa, q[:, :, i : i + step], k, v, use_reentrant=False)
+                if keep
+                else _sdpa(q[:, :, i : i + step], k, v)
+                for i in range(0, q.shape[2], step)
+            ]
+            attended = torch.cat(parts, dim=2)
         attended = attended.squeeze(1).transpose(1, 2).reshape(b, c, h, w)
         return night + self.alpha * attended
 
-    def forward(self, night: torch.Tensor, day: torch.Tensor | None = None, policy: str | None = None) -> torch.Tensor:
+    def forward(
+        self, night: torch.Tensor, day: torch.Tensor | None = None, policy: str | None = None
+    ) -> torch.Tensor:
         """Return the attended night features.
 
         With `day` (training pairs, or the `reference` policy's reference features) this is Eq. 3.
@@ -97,7 +125,9 @@ class CrossAttentionSegmenter(nn.Module):
     logits) encoding each image once, for training on day/night pairs.
     """
 
-    def __init__(self, segmenter: nn.Module, value: str = "night", policy: str = "bypass", reduction: int = 8) -> None:
+    def __init__(
+        self, segmenter: nn.Module, value: str = "night", policy: str = "bypass", reduction: int = 8
+    ) -> None:
         super().__init__()
         self.segmenter = segmenter
         self.attention = CrossAttention(segmenter.feature_channels, reduction, value, policy)

@@ -83,7 +83,9 @@ class DeepLabV3PlusHead(nn.Module):
     48-channel projection of features[0], two 3x3 conv-BN-ReLU, 1x1 classifier (plain, not separable, convs).
     """
 
-    def __init__(self, in_channels: int, low_channels: int, num_classes: int, rates: tuple[int, ...] = (6, 12, 18)) -> None:
+    def __init__(
+        self, in_channels: int, low_channels: int, num_classes: int, rates: tuple[int, ...] = (6, 12, 18)
+    ) -> None:
         super().__init__()
         self.aspp = ASPP(in_channels, list(rates), out_channels=256)
         self.low = conv_bn_relu(low_channels, 48)
@@ -119,7 +121,9 @@ class SegFormerHead(nn.Module):
 class LRASPPHead(nn.Module):
     """Lite R-ASPP head (torchvision) on [low (stride 8), high (stride 16)] features."""
 
-    def __init__(self, low_channels: int, high_channels: int, num_classes: int, inter_channels: int = 128) -> None:
+    def __init__(
+        self, low_channels: int, high_channels: int, num_classes: int, inter_channels: int = 128
+    ) -> None:
         super().__init__()
         self.head = _TorchvisionLRASPPHead(low_channels, high_channels, num_classes, inter_channels)
 

@@ -38,7 +38,9 @@ def apply_curves(x: torch.Tensor, curves: torch.Tensor) -> torch.Tensor:
 class DCENet(nn.Module):
     """DCE-Net (Zero-DCE, CVPR 2020, Fig. 2): estimates 8 pixel-wise RGB curve maps and applies them."""
 
-    def __init__(self, channels: int = 32, iterations: int = ITERATIONS, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, channels: int = 32, iterations: int = ITERATIONS, generator: torch.Generator | None = None
+    ) -> None:
         super().__init__()
         c = channels
         self.e_conv1 = nn.Conv2d(3, c, 3, padding=1)
@@ -107,7 +109,9 @@ def load_dce_weights(path: str | os.PathLike) -> DCENet:
         tensors, meta = load_checkpoint(path)
         config = meta.get("model", {})
         if config.get("name") != "zero_dce":
-            raise UserError(f"{path}: checkpoint holds model {config.get('name')!r}, not Zero-DCE relighting weights")
+            raise UserError(
+                f"{path}: checkpoint holds model {config.get('name')!r}, not Zero-DCE relighting weights"
+            )
         model = DCENet(config.get("channels", 32), config.get("iterations", ITERATIONS))
     else:
         tensors = _load_pth(path)

@@ -18,7 +18,9 @@ EXPOSURE_PATCH = 16
 SPATIAL_REGION = 4
 
 
-def spatial_consistency_loss(enhanced: torch.Tensor, original: torch.Tensor, region: int = SPATIAL_REGION) -> torch.Tensor:
+def spatial_consistency_loss(
+    enhanced: torch.Tensor, original: torch.Tensor, region: int = SPATIAL_REGION
+) -> torch.Tensor:
     """Return L_spa (Sec. 3.3): (1/K) sum_i sum_{j in Omega(i)} (|Y_i - Y_j| - |I_i - I_j|)^2.
 
     Y, I: mean intensity (over RGB) of non-overlapping `region` x `region` regions of the enhanced and
@@ -34,7 +36,9 @@ def spatial_consistency_loss(enhanced: torch.Tensor, original: torch.Tensor, reg
     return per_image.mean()
 
 
-def exposure_control_loss(enhanced: torch.Tensor, level: float = EXPOSURE_LEVEL, patch: int = EXPOSURE_PATCH) -> torch.Tensor:
+def exposure_control_loss(
+    enhanced: torch.Tensor, level: float = EXPOSURE_LEVEL, patch: int = EXPOSURE_PATCH
+) -> torch.Tensor:
     """Return L_exp (Sec. 3.3): (1/M) sum_k |Y_k - E| over the M non-overlapping `patch` x `patch` regions."""
     y = F.avg_pool2d(enhanced.mean(1, keepdim=True), patch)
     return (y - level).abs().mean()

@@ -99,8 +99,14 @@ SEGMENTERS: dict[str, tuple[Callable[[int, bool], tuple[nn.Module, nn.Module]], 
     "pspnet_r101": (_pspnet(101), "PSPNet, dilated ResNet-101 (OS 8) + pyramid pooling (DANNet, seed 000)"),
     "pspnet_r50": (_pspnet(50), "PSPNet, dilated ResNet-50 (OS 8) + pyramid pooling"),
     "pspnet_r18": (_pspnet(18), "PSPNet, dilated ResNet-18 (OS 8) + pyramid pooling; small CPU model"),
-    "pspnet_tiny": (_pspnet(18, stages=3), "PSPNet on the first 3 stages of ResNet-18 (OS 8); tiny CPU model"),
-    "deeplabv2_r101": (_deeplabv2, "DeepLab v2, dilated ResNet-101 (OS 8) + ASPP-v2 classifier (UDA baseline)"),
+    "pspnet_tiny": (
+        _pspnet(18, stages=3),
+        "PSPNet on the first 3 stages of ResNet-18 (OS 8); tiny CPU model",
+    ),
+    "deeplabv2_r101": (
+        _deeplabv2,
+        "DeepLab v2, dilated ResNet-101 (OS 8) + ASPP-v2 classifier (UDA baseline)",
+    ),
     "deeplabv3plus_r50": (_deeplabv3plus, "DeepLab v3+, dilated ResNet-50 (OS 16) + ASPP + stride-4 decoder"),
     **{
         f"segformer_b{i}": (_segformer(f"b{i}"), f"SegFormer, MiT-B{i} encoder + all-MLP decoder")
