@@ -182,8 +182,8 @@ def test_step_sampler_splits_positions_across_ranks_and_resumes():
 
 
 def test_step_streams_are_a_pure_function_of_position():
-    from nightseg.engine import StepStreams, build_transform
     from nightseg.config import StreamConfig
+    from nightseg.engine import StepStreams, build_transform
 
     transform = build_transform(StreamConfig(crop=[16, 16], scale=[0.5, 1.5], flip=True), train=True)
     streams = StepStreams({"source": TinyDataset(".", "train", transform, n=5),
@@ -313,6 +313,14 @@ def test_kill_and_resume_gives_identical_weights(tmp_path):
     same_tensors(weights(straight), weights(killed))
     assert metrics_b["val"]["mIoU"] == metrics_a["val"]["mIoU"]
     assert metrics_b["history"] == metrics_a["history"]
+    assert csv_rows(killed) == csv_rows(straight)  # the logs continue too: no lost or duplicated steps
+
+
+def csv_rows(run: Path) -> list[tuple]:
+    import csv
+
+    with (run / "logs" / "csv" / "metrics.csv").open(newline="") as file:
+        return [(r["step"], r.get("train/loss"), r.get("val/mIoU")) for r in csv.DictReader(file)]
 
 
 def test_sigterm_stops_at_step_boundary_and_resumes_exactly(tmp_path):

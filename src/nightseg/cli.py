@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "relight": ("relight", "train or apply the Zero-DCE relighting network"),
     "data": ("data", "check a dataset copy: counts, unmatched files, label values, sizes"),
     "train": ("train", "train a model from a YAML recipe"),
+    "synth": ("synth", "generate the synthetic day/night street-scene benchmark"),
 }
 
 log = logging.getLogger("nightseg")

@@ -243,7 +243,9 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
     """
     path = Path(path)
     raw = _read_yaml(path)
-    raw.setdefault("recipe", path.stem)
+    own = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if "recipe" not in own:  # a recipe inheriting from a base is named after its own file
+        raw["recipe"] = path.stem
     overridden: dict[str, str] = {}
     for item in overrides:
         keys, value = parse_override(item)
@@ -312,12 +314,13 @@ class _Checker:
     def where(self, key: str) -> str:
         if key in self.overridden:
             return f"{self.source}: override {self.overridden[key]!r}"
-        for done, item in self.overridden.items():  # an override that created this key's parent section
-            if key.startswith(done + "."):
+        for done, item in self.overridden.items():  # an override inside this section, or that created it
+            if key.startswith(done + ".") or done.startswith(key + "."):
                 return f"{self.source}: override {item!r}"
         return self.source
 
-    def build(self, cls: type, raw: Any, prefix: str) -> Any:
+    def build(self, cls: type, raw: Any, prefix: str, default: Any = None) -> Any:
+        """Return `default` (or ``cls()``) with the keys of `raw` replaced, nested sections merged likewise."""
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -330,23 +333,29 @@ class _Checker:
             section = f"under '{prefix}'" if prefix else "at the top level"
             valid = ", ".join(sorted([*fields, *(["base"] if not prefix else [])]))
             raise UserError(f"{self.where(key)}: unknown key '{key}'; valid keys {section}: {valid}")
+        base = default if default is not None else cls()
         values = {}
         for name, value in raw.items():
             key = f"{prefix}.{name}" if prefix else name
-            values[name] = self.value(hints[name], value, key)
-        return cls(**values)
+            values[name] = self.value(hints[name], value, key, getattr(base, name))
+        return dataclasses.replace(base, **values)
 
-    def value(self, hint: Any, value: Any, key: str) -> Any:
+    def value(self, hint: Any, value: Any, key: str, default: Any = None) -> Any:
         if hint is Any:
             return value
         if dataclasses.is_dataclass(hint):
-            return self.build(hint, value, key)
+            # a section given in YAML starts from the schema's default for that section (e.g. data.val
+            # keeps split "val" when only its dataset is set)
+            return self.build(hint, value, key, default if dataclasses.is_dataclass(default) else None)
         origin = typing.get_origin(hint)
         args = typing.get_args(hint)
         if origin in (typing.Union, types.UnionType):
             if value is None and type(None) in args:
                 return None
-            for arg in (a for a in args if a is not type(None)):
+            options = [a for a in args if a is not type(None)]
+            if len(options) == 1:  # X | None: the error about X is the most precise one
+                return self.value(options[0], value, key, default)
+            for arg in options:
                 try:
                     return self.value(arg, value, key)
                 except UserError:
@@ -358,7 +367,7 @@ class _Checker:
             return value
         if origin is list:
             if not isinstance(value, (list, tuple)):
-                raise UserError(f"{self.where(key)}: '{key}' expected a list of {_describe(args[0])}, got {value!r}")
+                raise UserError(f"{self.where(key)}: '{key}' expected {_describe(hint)}, got {value!r}")
             return [self.value(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
         if origin is dict:
             if not isinstance(value, dict):
@@ -401,7 +410,8 @@ def _describe(hint: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join("null" if a is type(None) else _describe(a) for a in args)
     if origin is list:
-        return f"a list of {_describe(args[0])}"
+        plural = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+        return f"a list of {plural.get(args[0], _describe(args[0]))}"
     if origin is Literal:
         return "one of " + ", ".join(map(str, args))
     names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}

@@ -48,6 +48,7 @@ Run folder: ``RUN_DIR/config.yaml`` (resolved recipe), ``checkpoints/{last,best}
 from __future__ import annotations
 
 import contextlib
+import csv
 import importlib
 import logging
 import math
@@ -67,6 +68,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
@@ -497,6 +500,7 @@ class RunCallback(L.Callback):
         self.stop_requested = False
         self.interrupted = False
         self._save_after_validation = False
+        self._stop_pending = False
         self.last_saved_step: int | None = None
         self.last_val_step: int | None = None
         self._forwarded = False
@@ -527,6 +531,8 @@ class RunCallback(L.Callback):
             launcher.kill(signal.SIGTERM)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and trainer.global_step > 0:
+            _truncate_csv(self.run.logs / "csv" / "metrics.csv", trainer.global_step)
         # Lightning registered its own SIGTERM handler just before; ours replaces it for the duration of fit
         # (Lightning's signal connector restores the previous handlers at teardown).
         if os.name != "nt":
@@ -538,7 +544,17 @@ class RunCallback(L.Callback):
     # ---- per step
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
+        self._leave_if_stopping(trainer)
         reseed(step_seed(self.cfg.seed, 3, trainer.global_step, trainer.global_rank))
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            self._leave_if_stopping(trainer)
+
+    def _leave_if_stopping(self, trainer: L.Trainer) -> None:
+        if self._stop_pending:
+            self.interrupted = True
+            raise TrainingStopped(f"stopped by a signal at step {trainer.global_step}; the training state is saved")
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -547,9 +563,10 @@ class RunCallback(L.Callback):
         if trainer.world_size > 1:
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop:
+            # save now; leave at the next hook, once Lightning has sent this step's losses to the loggers
             self.save_state(trainer, pl_module)
-            self.interrupted = True
-            raise TrainingStopped(f"stopped by a signal at step {step}; the training state is saved")
+            self._stop_pending = True
+            return
         every = self.cfg.train.state_every
         if (every and step % every == 0) or step >= trainer.max_steps:
             if self.validates_at(step):
@@ -566,6 +583,8 @@ class RunCallback(L.Callback):
         """Write the resumable state (all ranks must call this) and ``checkpoints/last`` (rank 0)."""
         trainer.save_checkpoint(self.run.state / STATE_FILE)
         self.last_saved_step = trainer.global_step
+        for logger in trainer.loggers:  # logs on disk now match the state (see `_truncate_csv` for the rest)
+            logger.save()
         if trainer.is_global_zero:
             export(pl_module, self.run.checkpoints / "last.safetensors", trainer.global_step, self.latest)
 
@@ -610,6 +629,22 @@ class RunCallback(L.Callback):
         return content
 
 
+def _truncate_csv(path: Path, step: int) -> None:
+    """Drop the rows a killed run logged after its last saved state (``step`` column >= `step`)."""
+    if not path.is_file():
+        return
+    with path.open(newline="") as file:
+        reader = csv.DictReader(file)
+        rows = list(reader)
+        fields = reader.fieldnames or []
+    kept = [row for row in rows if not str(row.get("step", "")).isdigit() or int(row["step"]) < step]
+    if "step" in fields and len(kept) != len(rows):
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(kept)
+
+
 def _json_safe(obj: Any) -> Any:
     """NaN -> None so that metrics.json is strict JSON."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -635,6 +670,28 @@ def export(module: SegmentationModule, path: Path, step: int, metrics: dict[str,
 
 
 # --------------------------------------------------------------------------------------------- trainer
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv; a resumed run continues it instead."""
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if path.is_file():
+            with path.open(newline="") as file:
+                self.metrics_keys = sorted(next(csv.reader(file), []))
+
+
+class ResumableCSVLogger(CSVLogger):
+    """`CSVLogger` whose ``metrics.csv`` survives a resume (rows after the resumed step are dropped first)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
 def resolve_devices(cfg: Config) -> dict[str, Any]:
     """Return the Trainer's accelerator, devices, strategy, precision and determinism for a config."""
     t = cfg.train
@@ -673,7 +730,7 @@ def build_trainer(cfg: Config, run: RunDir, callbacks: Sequence[L.Callback] = ()
     validate = t.val_every > 0 and cfg.data.val.dataset is not None
     loggers = [
         TensorBoardLogger(str(run.logs), name="tensorboard", version="", default_hp_metric=False),
-        CSVLogger(str(run.logs), name="csv", version=""),
+        ResumableCSVLogger(str(run.logs), name="csv", version=""),
     ]
     trainer = L.Trainer(
         accelerator=dev["accelerator"],
@@ -797,7 +854,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, resume: bool = False,
         if run_callback.last_saved_step != trainer.global_step:
             run_callback.save_state(trainer, module)
         validate = cfg.train.val_every > 0 and cfg.data.val.dataset is not None
-        if validate and run_callback.last_val_step != trainer.global_step:
+        if validate and run_callback.last_val_step != trainer.global_step and not run_callback.stop_requested:
             trainer.validate(module, datamodule=data, verbose=False)
         if trainer.is_global_zero:
             export(module, run.checkpoints / "last.safetensors", trainer.global_step, run_callback.latest)

@@ -126,6 +126,10 @@ def check_dataset(name: str, root: str | Path, split: str | None = None, workers
     return CheckReport(cls.DATASET, root, parts, absent, cls.EXPECTED_SIZE)
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _values(counts: np.ndarray) -> str:
     present = np.flatnonzero(counts)
     shown = ", ".join(str(v) for v in present[:40])
@@ -139,14 +143,14 @@ def format_report(report: CheckReport, skip_bad: bool = False) -> list[str]:
         n = len(part.listing.records)
         unmatched = len(part.listing.missing) + len(part.listing.orphans)
         readable = n - part.bad_samples
-        lines.append(f"{part.label}: {n} samples ({readable} readable), {unmatched} unmatched files"
+        lines.append(f"{part.label}: {_plural(n, 'sample')} ({readable} readable), {_plural(unmatched, 'unmatched file')}"
                      + ("" if part.listing.labelled else ", unlabelled"))
         sizes = ", ".join(f"{w}x{h} ({c})" for (w, h), c in part.sizes.most_common(5))
         lines.append(f"  image sizes: {sizes or '-'}")
         if report.expected_size and part.sizes and set(part.sizes) != {report.expected_size}:
             off = sum(c for s, c in part.sizes.items() if s != report.expected_size)
             w, h = report.expected_size
-            lines.append(f"  note: {off} images are not {w}x{h}, the size {report.dataset} is distributed at")
+            lines.append(f"  note: {_plural(off, 'image')} not {w}x{h}, the size {report.dataset} is distributed at")
         if part.listing.labelled and part.stored_counts.any():
             lines.append(f"  label values (stored): {_values(part.stored_counts)}")
             lines.append(f"  classes: {class_share_summary(part.train_counts)}")
@@ -159,12 +163,12 @@ def format_report(report: CheckReport, skip_bad: bool = False) -> list[str]:
     if defects:
         lines.append(f"DEFECTS ({len(defects)}):")
         lines.extend(f"  {d}" for d in defects)
-        lines.append(f"result: {len(defects)} defect{'s' if len(defects) > 1 else ''}"
+        lines.append(f"result: {_plural(len(defects), 'defect')}"
                      + (" — with --skip-bad these samples are skipped and the rest loads" if skip_bad else
                         " — fix them, or load with --skip-bad / skip_bad=True to skip them"))
     else:
         total = sum(len(p.listing.records) for p in report.parts)
-        lines.append(f"result: clean ({total} samples)")
+        lines.append(f"result: clean ({_plural(total, 'sample')})")
     return lines
 
 

@@ -14,7 +14,7 @@ mapping, the `skip_bad` policy, the joint transform and the conversion to the da
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -349,7 +349,3 @@ def class_share_summary(counts: np.ndarray, top: int = 5) -> str:
         text += f"; absent: {', '.join(absent)}" if len(absent) < 10 else f"; {len(absent)} classes absent"
     return text
 
-
-def unique_sorted(values: Iterable[int]) -> list[int]:
-    """Return the sorted distinct ints of `values`."""
-    return sorted({int(v) for v in values})

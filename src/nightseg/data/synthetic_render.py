@@ -43,6 +43,9 @@ from nightseg.data.synthetic_scene import (
 )
 
 NEAR = 0.25
+BLOOM_NEAR, BLOOM_WIDE, BLOOM_SPLAT = 0.08, 0.03, 4.0
+"""Share of a saturated pixel's excess energy spread as a narrow and a wide halo, and energy of an
+unresolved point light (per unit of its glow and of the exposure gain)."""
 INVALID_V = 0.06
 """A night pixel is invalid (too dark to recognise) when its noise-free HSV value, averaged over a small
 window, is below this threshold."""
@@ -78,48 +81,73 @@ class _Flat:
 _C_ALB, _C_VAL, _C_TEX, _C_SCALE, _C_AXIS, _C_PAT, _C_RETRO = 0, 3, 4, 5, 6, 7, 8
 
 
-def merge(*sets: PrimSet) -> _Flat:
-    """Concatenate primitive sets and sort them into painter's order (sky first)."""
-    keys, polys = [], []
-    cols: dict[str, list] = {k: [] for k in ("label", "albedo", "axis", "value", "pattern", "params", "tex", "emit",
-                                             "emit_day")}
-    lights: list[Light] = []
-    casters: list[tuple] = []
-    for s in sets:
-        keys.extend(s.keys)
-        polys.extend(s.polys)
-        for k in cols:
-            cols[k].extend(getattr(s, k))
-        lights.extend(s.lights)
-        casters.extend(s.casters)
-    order = np.array(sorted(range(len(keys)), key=lambda i: (keys[i], i)), dtype=np.int64)
-    plist = [p for i in order for p in polys[i]]
-    counts = np.array([len(p) for p in plist], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    poly_prim = np.repeat(np.arange(len(order)), [len(polys[i]) for i in order])
-    label = np.array(cols["label"], dtype=np.uint8)[order]
-    params = np.array(cols["params"], dtype=np.float32)[order]
-    n = len(order)
+def _arrays(ps: PrimSet) -> dict:
+    """Numpy form of a primitive set (cached on the set: a static layout is merged with many traffic sets)."""
+    cache = getattr(ps, "_arrays_cache", None)
+    if cache is not None and cache["n"] == len(ps.label):
+        return cache
+    polys = [p for group in ps.polys for p in group]
+    n = len(ps.label)
+    label = np.array(ps.label, dtype=np.uint8).reshape(n)
+    params = np.array(ps.params, dtype=np.float32).reshape(n, 8)
     attr = np.zeros((n, 9), dtype=np.float32)
-    attr[:, 0:3] = np.array(cols["albedo"], dtype=np.float32)[order]
-    attr[:, _C_VAL] = np.array(cols["value"], dtype=np.float32)[order]
-    tex = np.array(cols["tex"], dtype=np.float32)[order]
+    attr[:, 0:3] = np.array(ps.albedo, dtype=np.float32).reshape(n, 3)
+    attr[:, _C_VAL] = ps.value
+    tex = np.array(ps.tex, dtype=np.float32).reshape(n, 2)
     attr[:, _C_TEX] = tex[:, 0]
     attr[:, _C_SCALE] = tex[:, 1]
-    attr[:, _C_AXIS] = np.array(cols["axis"], dtype=np.float32)[order]
-    attr[:, _C_PAT] = np.array(cols["pattern"], dtype=np.float32)[order]
+    attr[:, _C_AXIS] = ps.axis
+    attr[:, _C_PAT] = ps.pattern
     attr[:, _C_RETRO] = (label == L["traffic sign"]) & (params[:, 0] > 0.5)
+    keys = np.array(ps.keys, dtype=np.float64).reshape(n, 3)
+    cache = {
+        "n": n,
+        "verts": np.concatenate(polys) if polys else np.zeros((0, 3)),
+        "lens": np.array([len(p) for p in polys], dtype=np.int64),
+        "poly_prim": np.repeat(np.arange(n), [len(g) for g in ps.polys]),
+        "label": label,
+        "params": params,
+        "attr": attr,
+        "emit": np.array(ps.emit, dtype=np.float32).reshape(n, 3),
+        "emit_day": np.array(ps.emit_day, dtype=np.float32).reshape(n, 3),
+        "keys": keys,
+    }
+    ps._arrays_cache = cache  # type: ignore[attr-defined]
+    return cache
+
+
+def merge(*sets: PrimSet) -> _Flat:
+    """Concatenate primitive sets and sort them into painter's order (sky first)."""
+    arrs = [_arrays(s) for s in sets]
+    offs = np.cumsum([0] + [a["n"] for a in arrs])
+    keys = np.concatenate([a["keys"] for a in arrs])
+    seq = np.arange(len(keys))
+    order = np.lexsort((seq, keys[:, 2], keys[:, 1], keys[:, 0]))  # layer, -depth, order, insertion
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    poly_prim = np.concatenate([a["poly_prim"] + o for a, o in zip(arrs, offs)])
+    lens = np.concatenate([a["lens"] for a in arrs])
+    verts = np.concatenate([a["verts"] for a in arrs])
+    vstart = np.concatenate([[0], np.cumsum(lens)[:-1]]) if len(lens) else lens
+    porder = np.argsort(rank[poly_prim], kind="stable")
+    lens_s = lens[porder]
+    starts = np.concatenate([[0], np.cumsum(lens_s)])
+    vidx = np.repeat(vstart[porder] - starts[:-1], lens_s) + np.arange(starts[-1])
+
+    def cat(k: str) -> np.ndarray:
+        return np.concatenate([a[k] for a in arrs])[order]
+
     return _Flat(
-        verts=np.concatenate(plist) if plist else np.zeros((0, 3)),
+        verts=verts[vidx],
         starts=starts,
-        poly_prim=poly_prim,
-        attr=attr,
-        label=label,
-        params=params,
-        emit=np.array(cols["emit"], dtype=np.float32)[order],
-        emit_day=np.array(cols["emit_day"], dtype=np.float32)[order],
-        lights=lights,
-        casters=casters,
+        poly_prim=rank[poly_prim][porder],
+        attr=cat("attr"),
+        label=cat("label"),
+        params=cat("params"),
+        emit=cat("emit"),
+        emit_day=cat("emit_day"),
+        lights=[lt for s in sets for lt in s.lights],
+        casters=[c for s in sets for c in s.casters],
     )
 
 
@@ -191,12 +219,13 @@ def rasterize(flat: _Flat, cam: Camera) -> np.ndarray:
 
 # --- per-pixel geometry, textures and patterns ----------------------------------------------------------------
 
-_TILE_CACHE: dict[tuple[int, int], np.ndarray] = {}
+_TILE_CACHE: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
 
-def _noise_tiles(h: int, w: int) -> np.ndarray:
-    """Unit-variance noise tiles of size (1.5h, 1.5w), fixed seed, cached per size: three smooth textures
-    (fine, medium, coarse) and three white-noise planes (sensor noise)."""
+def _noise_tiles(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noise tiles of size (1.5h, 1.5w) from a fixed seed, cached per size: three smooth unit-variance
+    textures (fine, medium, coarse; shape (3, th, tw)) and sensor noise (th, tw, 3): white noise plus
+    low-frequency blotches, as left by a camera's denoiser."""
     key = (h, w)
     if key not in _TILE_CACHE:
         rng = np.random.default_rng(20240611)
@@ -207,16 +236,18 @@ def _noise_tiles(h: int, w: int) -> np.ndarray:
             n = rng.standard_normal((th, tw), dtype=np.float32)
             n = cv2.GaussianBlur(n, (0, 0), max(sigma, 0.4), borderType=cv2.BORDER_REFLECT)
             tiles.append(n / (n.std() + 1e-6))
-        for _ in range(3):
-            tiles.append(rng.standard_normal((th, tw), dtype=np.float32))
-        _TILE_CACHE[key] = np.stack(tiles)
+        white = rng.standard_normal((th, tw, 3), dtype=np.float32)
+        low = rng.standard_normal((th // 2 + 1, tw // 2 + 1, 3), dtype=np.float32)
+        sensor = 0.6 * white + 0.8 * cv2.resize(low, (tw, th), interpolation=cv2.INTER_LINEAR)
+        _TILE_CACHE[key] = (np.stack(tiles), sensor)
     return _TILE_CACHE[key]
 
 
-def _crop(h: int, w: int, rng: np.random.Generator, which: slice) -> np.ndarray:
-    tiles = _noise_tiles(h, w)[which]
+def _crop(h: int, w: int, rng: np.random.Generator, sensor: bool = False) -> np.ndarray:
+    """A random (h, w) window of the smooth tiles (3, h, w) or of the sensor-noise tile (h, w, 3)."""
+    smooth, sn = _noise_tiles(h, w)
     oy, ox = int(rng.integers(0, h // 2 + 1)), int(rng.integers(0, w // 2 + 1))
-    return tiles[:, oy:oy + h, ox:ox + w]
+    return sn[oy:oy + h, ox:ox + w] if sensor else smooth[:, oy:oy + h, ox:ox + w]
 
 
 def _hash(a: np.ndarray, b: np.ndarray, seed: np.ndarray) -> np.ndarray:
@@ -226,91 +257,95 @@ def _hash(a: np.ndarray, b: np.ndarray, seed: np.ndarray) -> np.ndarray:
     return ((x ^ (x >> 16)) & 0xFFFF).astype(np.float32) / 65536.0
 
 
+class _Geom:
+    """Per-pixel geometry recovered on demand from the primitive map: depth, 3-D point, normal."""
+
+    def __init__(self, flat: _Flat, cam: Camera, pm: np.ndarray):
+        self.cam, self.pm, self.w = cam, pm, cam.width
+        self.axis = flat.attr[:, _C_AXIS].astype(np.int8)
+        self.val = flat.attr[:, _C_VAL]
+        self.du = (np.arange(cam.width, dtype=np.float32) - cam.cx + 0.5) / cam.f
+        self.dv = (cam.cy - np.arange(cam.height, dtype=np.float32) - 0.5) / cam.f
+        # normals per primitive, facing the camera
+        n = np.zeros((len(self.axis), 3), dtype=np.float32)
+        n[self.axis == AX_X, 0] = -np.sign(self.val[self.axis == AX_X] - cam.x)
+        n[self.axis == AX_Y, 1] = np.sign(cam.y - self.val[self.axis == AX_Y])
+        n[self.axis == AX_Z, 2] = -1.0
+        self.normals = n
+
+    def at(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Depth t and world X, Y, Z of the flat pixel indices `idx`."""
+        cam = self.cam
+        p = np.take(self.pm, idx)
+        ax = np.take(self.axis, p)
+        val = np.take(self.val, p)
+        dx = np.take(self.du, idx % self.w)
+        dy = np.take(self.dv, idx // self.w)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(ax == AX_X, (val - cam.x) / dx, np.where(ax == AX_Y, (val - cam.y) / dy, val - cam.z))
+        t = np.where((ax == AX_SKY) | ~(t > 0), 1e4, np.minimum(np.maximum(t, NEAR), 1e4)).astype(np.float32)
+        return t, cam.x + t * dx, cam.y + t * dy, cam.z + t
+
+
 @dataclass
 class _Surface:
     """Per-pixel buffers of one frame, flattened to N = H*W (colour buffers are Nx3)."""
 
     shape: tuple[int, int]
-    pm: np.ndarray  # prim index
+    pm: np.ndarray  # prim index per pixel
     flat: _Flat
-    X: np.ndarray
-    Y: np.ndarray
-    Z: np.ndarray
-    t: np.ndarray  # depth along the optical axis
-    nx: np.ndarray
-    ny: np.ndarray
-    nz: np.ndarray
-    sky: np.ndarray  # bool
+    geom: _Geom
+    sky: np.ndarray  # flat indices of sky pixels
     albedo: np.ndarray  # Nx3 textured albedo
-    emit_day: np.ndarray  # Nx3
-    emit_night: np.ndarray  # Nx3
-    glass: np.ndarray  # reflective glass weight
-    retro: np.ndarray  # retro-reflective sign faces
-    vv: np.ndarray  # (y - cy) / f: the ray's downward slope, for the sky gradient
+    emission: list[tuple[np.ndarray, np.ndarray]]  # sparse (indices, Nx3 values) added after shading
+    glass: list[tuple[np.ndarray, np.ndarray]]  # sparse (indices, weight): sky-reflecting glass by day
     noise: np.ndarray  # (3, N) smooth noise textures cropped for this frame
 
 
-def _emission(table: np.ndarray, pm: np.ndarray) -> np.ndarray:
-    out = np.zeros((len(pm), 3), dtype=np.float32)
+def _prim_emission(table: np.ndarray, pm: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     has = table.any(axis=1)
-    if has.any():
-        idx = np.flatnonzero(np.take(has, pm))
-        out[idx] = np.take(table, pm[idx], axis=0)
-    return out
+    if not has.any():
+        return []
+    idx = np.flatnonzero(np.take(has, pm))
+    return [(idx, np.take(table, np.take(pm, idx), axis=0))]
 
 
 def surface(flat: _Flat, cam: Camera, rng: np.random.Generator, night: bool) -> _Surface:
-    """Rasterise and compute per-pixel geometry, textured albedo, patterns and emission."""
+    """Rasterise; compute textured albedo, procedural patterns and (sparse) emission per pixel."""
     h, w = cam.height, cam.width
     pm = rasterize(flat, cam).ravel()
-    g = np.take(flat.attr, pm, axis=0)
-    axis = g[:, _C_AXIS]
-    val = g[:, _C_VAL]
-    dx = np.tile((np.arange(w, dtype=np.float32) - cam.cx + 0.5) / cam.f, h)
-    dy = np.repeat((cam.cy - np.arange(h, dtype=np.float32) - 0.5) / cam.f, w)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(axis == AX_X, (val - cam.x) / dx, np.where(axis == AX_Y, (val - cam.y) / dy, val - cam.z))
-    sky = axis == AX_SKY
-    t = np.where(sky | ~(t > 0), 1e4, np.minimum(np.maximum(t, NEAR), 1e4)).astype(np.float32)
-    X = cam.x + t * dx
-    Y = cam.y + t * dy
-    Z = cam.z + t
-    nx = np.where(axis == AX_X, -np.sign(dx), 0).astype(np.float32)
-    ny = (axis == AX_Y).astype(np.float32)
-    nz = -(axis == AX_Z).astype(np.float32)
-
-    noise = _crop(h, w, rng, slice(0, 3)).reshape(3, -1)
-    scale = g[:, _C_SCALE]
+    geom = _Geom(flat, cam, pm)
+    noise = _crop(h, w, rng).reshape(3, -1)
+    scale = np.take(flat.attr[:, _C_SCALE].astype(np.int8), pm)
     n_img = np.where(scale == 0, noise[0], np.where(scale == 1, noise[1], noise[2]))
-    amp = g[:, _C_TEX] * (0.5 if night else 1.0)
-    albedo = g[:, 0:3] * np.clip(1.0 + amp * n_img, 0.2, 2.0)[:, None]
-    emit_day = _emission(flat.emit_day, pm) if not night else None
-    emit_night = _emission(flat.emit, pm) if night else None
-    glass = np.zeros(h * w, dtype=np.float32)
-    retro = g[:, _C_RETRO]
+    amp = flat.attr[:, _C_TEX] * (0.5 if night else 1.0)
+    texmul = np.maximum(1.0 + np.take(amp, pm) * n_img, 0.2)
+    albedo = np.take(flat.attr[:, 0:3], pm, axis=0)
+    albedo *= texmul[:, None]
+    emission = _prim_emission(flat.emit if night else flat.emit_day, pm)
+    glass: list[tuple[np.ndarray, np.ndarray]] = []
 
-    pat = g[:, _C_PAT].astype(np.int8)
-    present = np.bincount(pat, minlength=8)
-    for code in np.flatnonzero(present).tolist():
+    pat = np.take(flat.attr[:, _C_PAT].astype(np.int8), pm)
+    for code in np.flatnonzero(np.bincount(pat, minlength=8)).tolist():
         if code == 0:
             continue
         idx = np.flatnonzero(pat == code)
-        ax = axis[idx]
-        Xi, Yi, Zi = X[idx], Y[idx], Z[idx]
-        a = np.where(ax == AX_X, Zi, Xi)
-        b = np.where(ax == AX_Y, Zi, Yi)
-        prm = np.take(flat.params, pm[idx], axis=0)
+        t, X, Y, Z = geom.at(idx)
+        ax = np.take(geom.axis, np.take(pm, idx))
+        a = np.where(ax == AX_X, Z, X)
+        b = np.where(ax == AX_Y, Z, Y)
+        prm = np.take(flat.params, np.take(pm, idx), axis=0)
         if code == PAT_FACADE:
-            _facade(idx, a, b, prm, t[idx], cam, albedo, emit_night, glass, night)
+            _facade(idx, a, b, prm, t, cam, albedo, emission, glass, night)
         elif code == PAT_PAVERS:
             fa = np.mod(a / prm[:, 0], 1.0)
             fb = np.mod(b / prm[:, 1], 1.0)
-            joint = ((fa < 0.07) | (fb < 0.07)) & (t[idx] < 25)
-            albedo[idx] *= np.where(joint, 1.0 - 0.35 * prm[:, 2], 1.0)[:, None]
+            joint = np.flatnonzero(((fa < 0.07) | (fb < 0.07)) & (t < 25))
+            albedo[idx[joint]] *= (1.0 - 0.35 * prm[joint, 2])[:, None]
         elif code == PAT_FENCE:
             spacing, hgt, density = prm[:, 1], prm[:, 2], prm[:, 3]
             fa = np.mod(a / spacing, 1.0)
-            pix = spacing * cam.f / t[idx]
+            pix = spacing * cam.f / t
             solid = (fa < density) | (b > hgt - 0.08) | (np.abs(b - hgt * 0.15) < 0.05)
             mix = np.where(pix > 2.5, np.where(solid, 1.0, 0.3), 0.3 + 0.7 * density)
             albedo[idx] *= mix[:, None]
@@ -318,20 +353,18 @@ def surface(flat: _Flat, cam: Camera, rng: np.random.Generator, night: bool) -> 
             leaf = np.clip(0.55 + 0.35 * noise[0][idx] + 0.25 * noise[1][idx], 0.15, 1.6)
             albedo[idx] *= leaf[:, None]
             albedo[idx, 1] *= np.clip(1.0 + 0.15 * noise[2][idx], 0.7, 1.3)
-        elif code == PAT_GLASS:
-            glass[idx] = 0.6
-            if night:
-                emit_night[idx] += np.array([0.12, 0.11, 0.08], dtype=np.float32)
-    vv = np.repeat((np.arange(h, dtype=np.float32) + 0.5 - cam.cy) / cam.f, w)
-    return _Surface((h, w), pm, flat, X, Y, Z, t, nx, ny, nz, sky, albedo, emit_day, emit_night, glass, retro, vv,
-                    noise)
+        elif code == PAT_GLASS:  # vehicle windows: reflect the sky by day; params[0] = lit interior at night
+            glass.append((idx, np.full(len(idx), 0.6, dtype=np.float32)))
+            if night and prm[:, 0].any():
+                emission.append((idx, prm[:, 0:1] * np.array([0.3, 0.27, 0.2], dtype=np.float32)))
+    sky = np.flatnonzero(np.take(geom.axis, pm) == AX_SKY)
+    return _Surface((h, w), pm, flat, geom, sky, albedo, emission, glass, noise)
 
 
-def _facade(idx, a, b, prm, t, cam, albedo, emit_night, glass, night: bool) -> None:
+def _facade(idx, a, b, prm, t, cam, albedo, emission, glass, night: bool) -> None:
     """Windows, shop fronts and cornices on a building facade, in facade coordinates (metres)."""
     origin, spacing, floor_h, ww, wh, shop, hgt, seed = (prm[:, k] for k in range(8))
-    ap = a - origin
-    colf = ap / spacing
+    colf = (a - origin) / spacing
     col = np.floor(colf)
     fa = colf - col
     gf = floor_h * 1.25
@@ -347,36 +380,36 @@ def _facade(idx, a, b, prm, t, cam, albedo, emit_night, glass, night: bool) -> N
     # fade the window grid where it would alias (windows smaller than ~1.5 px): the facade just looks dimmer
     pix = np.minimum(spacing * ww, floor_h * wh) * (cam.f / t)
     vis = np.clip((pix - 1.0) * (1 / 1.5), 0.0, 1.0)
-    h_tint = _hash(col + 7, row + 3, seed)
+    hv = _hash(col, row, seed)  # one 16-bit hash per window: tint, lit or not, brightness
+    h_tint = (hv * 16.0) % 1.0
+    h_int = (hv * 256.0) % 1.0
     sub = albedo[idx]
-    any_glass = win | shopwin | door
-    mixw = np.where(shopwin | door, 1.0, vis) * any_glass
+    near_glass = shopwin | door
+    any_glass = win | near_glass
+    mixw = np.where(near_glass, 1.0, vis) * any_glass
     glass_col = (0.05 + 0.05 * h_tint)[:, None] * np.array([1.0, 1.15, 1.35], dtype=np.float32)
-    sub = sub * (1 - mixw)[:, None] + glass_col * mixw[:, None]
+    sub += (glass_col - sub) * mixw[:, None]
     sub *= (1.0 - 0.25 * (1 - vis) * ww * wh - 0.25 * cornice)[:, None]
     if band.any():
         bi = np.flatnonzero(band)
-        sign = np.stack([_hash(col[bi], col[bi] * 0 + k, seed[bi]) for k in (1, 2, 3)], axis=1) * 0.6 + 0.05
-        sub[bi] = sign
+        hb = _hash(col[bi], col[bi] * 0 + 1, seed[bi])
+        sub[bi] = np.stack([hb, (hb * 8) % 1.0, (hb * 64) % 1.0], axis=1) * 0.6 + 0.05
     albedo[idx] = sub
-    glass[idx] = np.maximum(glass[idx], any_glass * 0.8)
+    gi = np.flatnonzero(any_glass)
+    glass.append((idx[gi], mixw[gi] * 0.8))
     if night:
-        e = np.zeros_like(sub)
-        lit = win & (_hash(col, row, seed) < 0.25)
-        if lit.any():
-            li = np.flatnonzero(lit)
-            ht = h_tint[li]
+        lit = np.flatnonzero(win & (hv < 0.25))
+        if len(lit):
+            ht = h_tint[lit]
             warm = np.stack([np.ones_like(ht), 0.75 + 0.2 * ht, 0.45 + 0.4 * ht], axis=1)
-            e[li] = (0.25 + 0.6 * _hash(col[li] + 3, row[li] + 5, seed[li]))[:, None] * warm * vis[li, None]
-        shop_lit = shopwin & (_hash(col, col * 0, seed + 11) < 0.7)
-        if shop_lit.any():
-            si = np.flatnonzero(shop_lit)
-            ht = h_tint[si]
-            e[si] = 1.6 * np.stack([np.ones_like(ht), 0.8 + 0.15 * ht, 0.55 + 0.4 * ht], axis=1)
-        if band.any():
-            on = band & (_hash(col, col * 0, seed + 5) < 0.5)
-            e[on] = sub[on] * 2.5
-        emit_night[idx] += e
+            emission.append((idx[lit], (0.25 + 0.6 * h_int[lit]) [:, None] * vis[lit, None] * warm))
+        shop_lit = np.flatnonzero(shopwin & ((hv * 4.0) % 1.0 < 0.7))
+        if len(shop_lit):
+            ht = h_tint[shop_lit]
+            emission.append((idx[shop_lit], 1.6 * np.stack([np.ones_like(ht), 0.8 + 0.15 * ht, 0.55 + 0.4 * ht], 1)))
+        on = np.flatnonzero(band & ((hv * 2.0) % 1.0 < 0.5))
+        if len(on):
+            emission.append((idx[on], sub[on] * 2.5))
 
 
 # --- shading -----------------------------------------------------------------------------------------------
@@ -390,7 +423,12 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 
 
 def _luma(x: np.ndarray) -> np.ndarray:
-    return x[..., 0] * 0.2126 + x[..., 1] * 0.7152 + x[..., 2] * 0.0722
+    return x @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
+
+
+def _add_sparse(img: np.ndarray, items: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    for idx, val in items:
+        img[idx] += val
 
 
 def _caster_polys(casters: list[tuple], sun: list[float]) -> list[np.ndarray]:
@@ -422,101 +460,118 @@ def _caster_polys(casters: list[tuple], sun: list[float]) -> list[np.ndarray]:
 
 
 def _shadow(S: _Surface, cam: Camera, look: dict, street: dict) -> np.ndarray:
-    """1 where the sun is blocked: the building height profile along the sun ray, plus caster shadows."""
+    """Sun visibility loss in [0, 1] per pixel: building height profile along the sun ray (evaluated at
+    half resolution) plus ground shadows of trees, poles, people and vehicles."""
     sx, sy, sz = look["sun"]
     h, w = S.shape
     side = -1 if sx < 0 else 1
     xb = street["sides"][side]["x_bld"]
     hb = street["sides"][side]["hb"]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ts = (xb - S.X) * (1.0 / sx)
-    yc = S.Y + ts * sy
-    zc = np.clip(S.Z + ts * sz, 0, len(hb) - 1).astype(np.int32)
-    blocked = ((S.X - xb) * side < -0.25) & (ts > 0) & (yc < np.take(hb, zc)) & ~S.sky
-    shade = blocked.astype(np.float32).reshape(h, w)
+    ys, xs = np.mgrid[0:h:2, 0:w:2]
+    idx = (ys * w + xs).ravel()
+    _, X, Y, Z = S.geom.at(idx)
+    ts = (xb - X) * (1.0 / sx)
+    yc = Y + ts * sy
+    zc = np.clip(Z + ts * sz, 0, len(hb) - 1).astype(np.int32)
+    blocked = ((X - xb) * side < -0.25) & (ts > 0) & (yc < np.take(hb, zc))
+    shade = cv2.resize(blocked.astype(np.float32).reshape(ys.shape), (w, h), interpolation=cv2.INTER_LINEAR)
     polys = _caster_polys(S.flat.casters, look["sun"])
     if polys:
         canvas = np.zeros((h, w), dtype=np.float32)
         starts = np.concatenate([[0], np.cumsum([len(p) for p in polys])])
         fill_polys(canvas, cam, np.concatenate(polys), starts, [1.0] * len(polys))
-        ground = ((S.ny > 0) & (S.Y < 0.3)).reshape(h, w)
-        shade = np.maximum(shade, canvas * ground)
+        ground = (S.geom.normals[:, 1] > 0) & (S.geom.val < 0.3)
+        shade = np.maximum(shade, canvas * np.take(ground, S.pm).reshape(h, w))
     return cv2.blur(shade, (3, 3)).ravel()
 
 
 def shade_day(S: _Surface, cam: Camera, look: dict, street: dict) -> np.ndarray:
     """Return the linear-light day image (Nx3, before exposure): sun + sky light, sky gradient, clouds."""
-    sx, sy, sz = look["sun"]
+    sun_dir = np.array(look["sun"], dtype=np.float32)
     sky_col = np.array(look["sky_top"], dtype=np.float32)
     sky_col = sky_col / sky_col.mean() * 0.5 + 0.5
-    E_sky = look["sky_power"] * (0.45 + 0.55 * S.ny)
+    n = S.geom.normals
+    e_sky = (look["sky_power"] * (0.45 + 0.55 * np.maximum(n[:, 1], 0)))[:, None] * sky_col
     if look["sunny"]:
-        cos = np.maximum(S.nx * sx + S.ny * sy + S.nz * sz, 0.0)
-        sun = look["sun_power"] * cos * (1.0 - _shadow(S, cam, look, street))
-        E = sun[:, None] * np.array([1.0, 0.97, 0.9], dtype=np.float32) + E_sky[:, None] * sky_col
+        e_sun = (look["sun_power"] * np.maximum(n @ sun_dir, 0.0))[:, None] * np.array([1.0, 0.97, 0.9], np.float32)
+        E = np.take(e_sky + e_sun, S.pm, axis=0)
+        shade = _shadow(S, cam, look, street)
+        si = np.flatnonzero(shade)
+        E[si] -= shade[si, None] * np.take(e_sun, S.pm[si], axis=0)
     else:
-        E = E_sky[:, None] * sky_col
-    img = S.albedo * E + S.emit_day
-    img += (S.glass * (0.17 * look["sky_power"]))[:, None] * sky_col
+        E = np.take(e_sky, S.pm, axis=0)
+    img = S.albedo * E
+    _add_sparse(img, S.emission)
+    for idx, wgt in S.glass:
+        img[idx] += (wgt * (0.17 * look["sky_power"]))[:, None] * sky_col
     # sky: bright horizon to zenith colour, with clouds
-    si = np.flatnonzero(S.sky)
+    si = S.sky
     if len(si):
         top = np.array(look["sky_top"], dtype=np.float32) * 2.6
         horizon = np.full(3, 2.4 if look["sunny"] else 2.2, dtype=np.float32)
-        gz = np.clip(-S.vv[si] * 2.2, 0, 1)[:, None]
+        vv = (si // S.shape[1] + 0.5 - cam.cy) / cam.f
+        gz = np.clip(-vv * 2.2, 0, 1).astype(np.float32)[:, None]
         sky = horizon * (1 - gz) + top * gz
         clouds = np.clip(S.noise[2][si] * 0.5 + 0.3, 0, 1)[:, None] * (0.5 if look["sunny"] else 0.25)
         img[si] = sky * (1 - clouds) + clouds * 2.6
-    return img * np.array(look["day_tint"], dtype=np.float32)
+    img *= np.array(look["day_tint"], dtype=np.float32)
+    return img
 
 
 def _ego_lights(cam: Camera, look: dict) -> list[Light]:
-    return [Light((cam.x + sxo * 0.75, 0.7, cam.z + 0.5), (1.0, 0.96, 0.9), 40.0 * look["ego_lights"],
+    return [Light((cam.x + sxo * 0.75, 0.7, cam.z + 0.5), (1.0, 0.96, 0.9), 15.0 * look["ego_lights"],
                   direction=(0.0, -0.05, 1.0), exponent=12.0) for sxo in (-1, 1)]
 
 
-def _lights_field(S: _Surface, lights: list[Light], cam: Camera, step: int) -> np.ndarray:
-    """Irradiance (Nx3) from all lights, evaluated every `step` pixels and upsampled bilinearly."""
+def _lights_field(S: _Surface, lights: list[Light], cam: Camera, look: dict, step: int) -> np.ndarray:
+    """Irradiance (Nx3) from all lights and the ambient, evaluated every `step` pixels, upsampled bilinearly."""
     h, w = S.shape
-    sl = (slice(step // 2, None, step), slice(step // 2, None, step))
-
-    def sub(a: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(a.reshape(h, w)[sl])
-
-    X, Y, Z, nx, ny, nz = (sub(a) for a in (S.X, S.Y, S.Z, S.nx, S.ny, S.nz))
-    E = np.zeros(X.shape + (3,), dtype=np.float32)
-    for lt in lights:
-        if not lt.illuminates or lt.intensity <= 0 or lt.pos[2] - cam.z > 160:
-            continue
-        px, py, pz = lt.pos
-        lx, ly, lz = px - X, py - Y, pz - Z
+    ys, xs = np.mgrid[step // 2:h:step, step // 2:w:step]
+    idx = (ys * w + xs).ravel()
+    _, X, Y, Z = S.geom.at(idx)
+    nrm = np.take(S.geom.normals, np.take(S.pm, idx), axis=0)
+    nx, ny, nz = nrm[:, 0], nrm[:, 1], nrm[:, 2]
+    amb = np.array(look["ambient_color"], dtype=np.float32) * look["ambient"]
+    E = (0.5 + 0.5 * ny)[:, None] * amb
+    use = [lt for lt in lights if lt.illuminates and lt.intensity >= 1.0 and lt.pos[2] - cam.z < 160]
+    if use:
+        P = np.array([lt.pos for lt in use], dtype=np.float32)
+        lx = P[:, 0:1] - X
+        ly = P[:, 1:2] - Y
+        lz = P[:, 2:3] - Z
         d2 = lx * lx + ly * ly + lz * lz
         inv = 1.0 / np.sqrt(d2 + 1e-6)
-        f = np.maximum((nx * lx + ny * ly + nz * lz) * inv, 0.0) * (lt.intensity / (d2 + 1.0))
-        if lt.direction is not None and lt.exponent > 0:
-            dx, dy, dz = lt.direction
-            dn = 1.0 / math.sqrt(dx * dx + dy * dy + dz * dz)
-            f *= np.maximum(-(dx * lx + dy * ly + dz * lz) * (inv * dn), 0.0) ** lt.exponent
-        E += f[..., None] * np.array(lt.color, dtype=np.float32)
-    return cv2.resize(E, (w, h), interpolation=cv2.INTER_LINEAR).reshape(-1, 3)
+        inten = np.array([lt.intensity for lt in use], dtype=np.float32)[:, None]
+        f = np.maximum((nx * lx + ny * ly + nz * lz) * inv, 0.0) * inten / (d2 + 1.0)
+        spots = [k for k, lt in enumerate(use) if lt.direction is not None and lt.exponent > 0]
+        if spots:
+            D = np.array([use[k].direction for k in spots], dtype=np.float32)
+            D /= np.linalg.norm(D, axis=1, keepdims=True)
+            ex = np.array([use[k].exponent for k in spots], dtype=np.float32)[:, None]
+            c = np.maximum(-(D[:, 0:1] * lx[spots] + D[:, 1:2] * ly[spots] + D[:, 2:3] * lz[spots]) * inv[spots], 1e-6)
+            f[spots] *= np.exp(ex * np.log(c))
+        E = E + f.T @ np.array([lt.color for lt in use], dtype=np.float32)
+    return cv2.resize(E.reshape((*ys.shape, 3)), (w, h), interpolation=cv2.INTER_LINEAR).reshape(-1, 3)
 
 
 def shade_night(S: _Surface, cam: Camera, look: dict, lights: list[Light]) -> np.ndarray:
     """Return the linear-light night image (Nx3, before exposure)."""
-    h, w = S.shape
-    E = _lights_field(S, list(lights) + _ego_lights(cam, look), cam, max(1, int(round(w / 192))))
-    E += (0.5 + 0.5 * S.ny)[:, None] * (look["ambient"] * np.array(look["ambient_color"], dtype=np.float32))
-    img = S.albedo * E + S.emit_night
+    _h, w = S.shape
+    img = _lights_field(S, list(lights) + _ego_lights(cam, look), cam, look, max(1, round(w / 128)))
+    img *= S.albedo
+    _add_sparse(img, S.emission)
     # retro-reflective sign faces shine back at the ego headlights
-    ri = np.flatnonzero(S.retro)
+    ri = np.flatnonzero(np.take(S.flat.attr[:, _C_RETRO], S.pm))
     if len(ri):
-        img[ri] += (0.08 * look["ego_lights"] * np.clip(30.0 / S.t[ri], 0, 3))[:, None] * np.array(
+        t = S.geom.at(ri)[0]
+        img[ri] += (0.08 * look["ego_lights"] * np.clip(30.0 / t, 0, 3))[:, None] * np.array(
             [1.0, 0.95, 0.85], dtype=np.float32)
     # night sky: urban skyglow brightest at the horizon
-    si = np.flatnonzero(S.sky)
+    si = S.sky
     if len(si):
         glow = np.array(look["skyglow"], dtype=np.float32) * look["skyglow_power"]
-        gz = np.clip(-S.vv[si] * 3.0, 0, 1)
+        vv = (si // w + 0.5 - cam.cy) / cam.f
+        gz = np.clip(-vv * 3.0, 0, 1).astype(np.float32)
         img[si] = glow * ((1.0 - 0.8 * gz) * (1 + 0.15 * S.noise[2][si]))[:, None]
     return img
 
@@ -525,15 +580,22 @@ def _bloom_sources(S: _Surface, cam: Camera, lights: list[Light], gain: float) -
     """Point sources (visible lamps, head/tail lights) splatted where they are not occluded (HxWx3)."""
     h, w = S.shape
     out = np.zeros((h, w, 3), dtype=np.float32)
-    t = S.t.reshape(h, w)
-    for lt in lights:
-        zc = lt.pos[2] - cam.z
-        if lt.glow <= 0 or zc < NEAR:
-            continue
-        u, v = cam.project(np.array([lt.pos]))[0]
-        iu, iv = int(u), int(v)
-        if 0 <= iu < w and 0 <= iv < h and t[iv, iu] >= zc - 1.0:
-            out[iv, iu] += lt.glow * np.array(lt.color, dtype=np.float32) * gain * (20.0 / max(zc, 5.0))
+    cand = [lt for lt in lights if lt.glow > 0 and lt.pos[2] - cam.z >= NEAR]
+    if not cand:
+        return out
+    P = np.array([lt.pos for lt in cand], dtype=np.float64)
+    uv = cam.project(P)
+    inside = (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+    k = np.flatnonzero(inside)
+    if not len(k):
+        return out
+    idx = uv[k, 1].astype(np.int64) * w + uv[k, 0].astype(np.int64)
+    t = S.geom.at(idx)[0]
+    for j, i, tt in zip(k.tolist(), idx.tolist(), t.tolist()):
+        zc = P[j, 2] - cam.z
+        if tt >= zc - 1.0:
+            lt = cand[j]
+            out[i // w, i % w] += np.array(lt.color, dtype=np.float32) * (lt.glow * gain * BLOOM_SPLAT)
     return out
 
 
@@ -544,26 +606,28 @@ def expose_night(lin: np.ndarray, S: _Surface, cam: Camera, look: dict, lights: 
     lum = _luma(lin)
     gain = min(look["night_key"] / float(np.exp(np.mean(np.log(lum + 1e-4)))), look["max_gain"])
     # partial white balance (grey world over non-saturated pixels)
-    m = lin[lum * gain < 0.9].mean(axis=0) + 1e-6
+    sel = (lum < 0.9 / gain).astype(np.float32)
+    m = (sel @ lin) / max(float(sel.sum()), 1.0) + 1e-6
     wb = ((m.mean() / m) ** look["wb"]).astype(np.float32)
-    x = (lin * (wb * gain)).reshape(h, w, 3)
+    x = lin.reshape(h, w, 3)
+    x *= wb * gain
     # invalid: noise-free brightness too low to recognise anything
-    v_clean = x.max(axis=2)
+    v_clean = np.maximum(np.maximum(x[..., 0], x[..., 1]), x[..., 2])
     k = max(3, (w // 128) | 1)
     invalid = cv2.blur(v_clean, (k, k)) < INVALID_V ** 2.2
-    # shot + read noise, amplified by the gain; part fine, part low-frequency (after the camera's denoiser)
-    white = _crop(h, w, rng, slice(3, 6))
-    sigma = np.sqrt(look["shot"] * gain / 8.0 * np.maximum(x, 0) + (look["read"] * gain / 8.0) ** 2)
-    low = cv2.resize(np.ascontiguousarray(white[:, : h // 2 + 1, : w // 2 + 1].transpose(1, 2, 0)), (w, h),
-                     interpolation=cv2.INTER_LINEAR)
-    x = x + sigma * (0.6 * white.transpose(1, 2, 0) + 0.8 * low)
+    # shot + read noise, amplified by the gain
+    sigma = np.sqrt(np.maximum(x, 0) * (look["shot"] * gain / 8.0) + (look["read"] * gain / 8.0) ** 2)
+    sigma *= _crop(h, w, rng, sensor=True)
+    x += sigma
     s = w / 512.0
     x = cv2.GaussianBlur(x, (0, 0), 0.5 * s + 0.3)
     # bloom around everything that saturates and around visible point lights
-    src = np.maximum(x - 1.0, 0.0) + _bloom_sources(S, cam, lights, gain * float(wb.mean()))
+    src = np.maximum(x - 1.0, 0.0)
+    src += _bloom_sources(S, cam, lights, gain * float(wb.mean()))
     small = cv2.resize(src, (max(w // 4, 8), max(h // 4, 4)), interpolation=cv2.INTER_AREA)
-    bloom = 0.35 * cv2.GaussianBlur(small, (0, 0), 1.2 * s + 0.5) + 0.25 * cv2.GaussianBlur(small, (0, 0), 5.0 * s + 1.0)
-    x = x + cv2.resize(bloom, (w, h), interpolation=cv2.INTER_LINEAR) * 6.0
+    bloom = BLOOM_NEAR * cv2.GaussianBlur(small, (0, 0), 1.0 * s + 0.4)
+    bloom += BLOOM_WIDE * cv2.GaussianBlur(small, (0, 0), 5.0 * s + 1.0)
+    x += cv2.resize(bloom, (w, h), interpolation=cv2.INTER_LINEAR)
     return _to_uint8(x), invalid
 
 
@@ -571,9 +635,9 @@ def expose_day(lin: np.ndarray, look: dict, rng: np.random.Generator, shape: tup
     """Auto-exposure on the log-mean luminance, mild sensor noise and softness, tone curve -> HxWx3 uint8."""
     h, w = shape
     gain = look["day_key"] / float(np.exp(np.mean(np.log(_luma(lin) + 1e-3))))
-    x = (lin * gain).reshape(h, w, 3)
-    white = _crop(h, w, rng, slice(3, 6)).transpose(1, 2, 0)
-    x = x + white * (0.004 * np.sqrt(np.maximum(x, 0) + 0.01))
+    x = lin.reshape(h, w, 3)
+    x *= gain
+    x += _crop(h, w, rng, sensor=True) * (0.004 * np.sqrt(np.maximum(x, 0) + 0.01))
     x = cv2.GaussianBlur(x, (0, 0), 0.35 * w / 512.0 + 0.2)
     return _to_uint8(x)
 

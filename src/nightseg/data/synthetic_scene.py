@@ -109,10 +109,10 @@ class Camera:
         """
         s = strength
         d = {
-            "dx_m": float(rng.uniform(-0.35, 0.35) * s),
-            "dz_m": float(rng.uniform(-1.5, 1.5) * s),
+            "dx_m": float(rng.uniform(-0.5, 0.5) * s),
+            "dz_m": float(rng.uniform(-3.0, 3.0) * s),
             "dy_m": float(rng.uniform(-0.06, 0.06) * s),
-            "shift_u": float(rng.uniform(-0.03, 0.03) * s * self.width),
+            "shift_u": float(rng.uniform(-0.04, 0.04) * s * self.width),
             "shift_v": float(rng.uniform(-0.025, 0.025) * s * self.height),
             "zoom": float(math.exp(rng.uniform(-0.04, 0.04) * s)),
         }
@@ -302,8 +302,8 @@ class _Builder:
         sides = {}
         for s, xe in ((-1, x_l), (1, x_r)):
             strip = rng.uniform(1.0, 2.5) if rng.random() < 0.3 else 0.0
-            walk = rng.uniform(1.8, 5.0)
-            garden = rng.uniform(2.0, 6.0) if rng.random() < 0.25 else 0.0
+            walk = rng.uniform(2.5, 6.5)
+            garden = rng.uniform(2.0, 6.0) if rng.random() < 0.3 else 0.0
             sides[s] = {
                 "x_curb": xe,
                 "strip": strip,
@@ -315,7 +315,7 @@ class _Builder:
                 "curb_h": rng.uniform(0.1, 0.16),
                 "park": park_r if s > 0 else park_l,
                 "walk_color": _jitter(rng, _choice(rng, SIDEWALK_COLORS), 0.12),
-                "trees": rng.random() < (0.75 if strip else 0.45),
+                "trees": rng.random() < (0.85 if strip else 0.6),
             }
         z_end = float(rng.uniform(70, 260))
         inters = []
@@ -330,7 +330,7 @@ class _Builder:
         return {
             "lane_w": lane_w, "n_r": n_r, "n_l": n_l, "x_l": x_l, "x_r": x_r, "sides": sides,
             "z_end": z_end, "inters": inters, "road_color": srgb(*([rng.uniform(70, 115)] * 3)),
-            "tram": rng.random() < 0.12,
+            "tram": rng.random() < 0.1,
         }
 
     def sample_camera(self, st: dict) -> Camera:
@@ -374,7 +374,7 @@ class _Builder:
         road_tex = rng.uniform(0.06, 0.14)
         # road surface (extends under intersections on both sides)
         P.add(quad_y(st["x_l"] - 0.01, st["x_r"] + 0.01, -2, z_end), L["road"], st["road_color"], AX_Y, 0.0,
-              LAYER_GROUND, 1e6, tex=road_tex, tex_scale=0)
+              LAYER_GROUND, 1e6, tex=road_tex, tex_scale=1)
         white = srgb(215, 215, 210)
         # lane markings: dashed lane lines, centre line, edge lines
         lines = []
@@ -418,7 +418,7 @@ class _Builder:
                 x0 = st["sides"][s]["x_curb"]
                 xs = sorted((x0, x0 + s * 120))
                 P.add(quad_y(xs[0], xs[1], a + 2.5, b - 2.5), L["road"], st["road_color"], AX_Y, 0.0,
-                      LAYER_GROUND, 1e6, tex=road_tex, tex_scale=0)
+                      LAYER_GROUND, 1e6, tex=road_tex, tex_scale=1)
         if st["tram"]:
             # tram rails embedded in the road are labelled road (as in Cityscapes)
             for x in (-0.75, 0.75):
@@ -499,7 +499,7 @@ class _Builder:
                             z = max(z, b)
                 if z1 - z0 < 2:
                     continue
-            kind = rng.choice(["building", "park", "wall", "lot"], p=[0.76, 0.1, 0.07, 0.07])
+            kind = rng.choice(["building", "park", "wall", "lot"], p=[0.72, 0.11, 0.09, 0.08])
             if kind == "building":
                 recess = rng.uniform(0, 1.2) if rng.random() < 0.3 else 0.0
                 x = xb + s * recess
@@ -748,7 +748,7 @@ class _Builder:
                     P.add(quad_z(min(xa, xa - s * 0.6), max(xa, xa - s * 0.6), hl - 0.05, hl + 0.2, zl - 0.02),
                           L["pole"], _jitter(rng, srgb(120, 120, 120)), AX_Z, zl - 0.02, LAYER_STAND, zl - 0.02,
                           emit=tuple(8.0 * c for c in look_lamp), order=2)
-                    P.lights.append(Light((xa - s * 0.3, hl - 0.1, zl), look_lamp, 55.0 * rng.uniform(0.7, 1.3),
+                    P.lights.append(Light((xa - s * 0.3, hl - 0.1, zl), look_lamp, 30.0 * rng.uniform(0.6, 1.4),
                                           direction=(0.0, -1.0, 0.0), exponent=1.5, glow=6.0))
                     if rng.random() < 0.25:
                         self._sign(xc, zl - 0.05, rng.uniform(2.2, 3.0), order=3)
@@ -805,7 +805,7 @@ class _Builder:
             sd = st["sides"][s]
             if not sd["park"]:
                 continue
-            occupancy = rng.uniform(0.4, 0.95)
+            occupancy = rng.uniform(0.25, 0.8)
             x_in = (st["x_r"] - 1.15) if s > 0 else (st["x_l"] + 1.15)
             z = rng.uniform(-2, 6)
             while z < min(st["z_end"] - 5, 110):
@@ -814,7 +814,7 @@ class _Builder:
                     z += 6
                     continue
                 if rng.random() < occupancy:
-                    kind = rng.choice(["car", "car", "car", "car", "van", "truck"], p=[0.3, 0.3, 0.2, 0.1, 0.07, 0.03])
+                    kind = rng.choice(["car", "van", "truck"], p=[0.9, 0.08, 0.02])
                     if kind == "truck":
                         L_car = self._truck(D, x_in, z, facing=s < 0, parked=True)
                     else:
@@ -824,28 +824,28 @@ class _Builder:
         for lane in range(st["n_r"]):
             xl = (lane + 0.5) * st["lane_w"]
             z = rng.uniform(6, 25)
-            while z < 90 and rng.random() < 0.6:
+            while z < 90 and rng.random() < 0.45:
                 L_car = self._vehicle(D, xl + rng.uniform(-0.3, 0.3), z, facing=False)
                 z += L_car + rng.uniform(5, 30)
         for lane in range(st["n_l"]):
             xl = -(lane + 0.5) * st["lane_w"]
             z = rng.uniform(3, 25)
-            while z < 110 and rng.random() < 0.6:
+            while z < 110 and rng.random() < 0.45:
                 L_car = self._vehicle(D, xl + rng.uniform(-0.3, 0.3), z, facing=True)
                 z += L_car + rng.uniform(5, 35)
         # tram (class train)
-        if st["tram"] and rng.random() < 0.6:
+        if st["tram"] and rng.random() < 0.5:
             xc = (st["x_l"] + 2.0) if st["n_l"] else st["x_r"] - 2.0
             self._tram(D, xc, rng.uniform(8, 45), facing=xc < 0)
         # cross traffic in an intersection: side views
         for a, b, _sides in st["inters"]:
             if rng.random() < 0.45:
-                kind = rng.choice(["car", "bus", "tram", "truck", "rider"], p=[0.55, 0.12, 0.12, 0.11, 0.1])
+                kind = rng.choice(["car", "bus", "tram", "truck", "rider"], p=[0.7, 0.07, 0.06, 0.07, 0.1])
                 self._cross_vehicle(D, a, b, str(kind))
         # people
         for s in (-1, 1):
             sd = st["sides"][s]
-            n = int(rng.poisson(rng.uniform(1.0, 5.0)))
+            n = int(rng.poisson(rng.uniform(1.5, 8.0)))
             x0, x1 = sorted((sd["x_curb"] + s * 0.3, sd["x_line"] - s * 0.3))
             for _ in range(n):
                 z = rng.uniform(2.5, 55)
@@ -854,7 +854,7 @@ class _Builder:
                 if rng.random() < 0.3:  # a group
                     self._person(D, xp + rng.uniform(-0.8, 0.8), z + rng.uniform(-0.5, 1.5))
             # parked bicycles / motorcycles
-            for _ in range(int(rng.poisson(0.9))):
+            for _ in range(int(rng.poisson(1.6))):
                 z = rng.uniform(3, 45)
                 self._bicycle(D, rng.uniform(x0, x1), z, side_view=True, label=L["bicycle"])
             if rng.random() < 0.2:
@@ -865,19 +865,19 @@ class _Builder:
                 for _ in range(int(rng.integers(1, 4))):
                     self._person(D, rng.uniform(st["x_l"], st["x_r"]), a - rng.uniform(2.5, 4.5))
         # riders (cyclists near the right kerb, motorcyclists in a lane)
-        for _ in range(int(rng.poisson(0.5))):
+        for _ in range(int(rng.poisson(0.3))):
             z = rng.uniform(5, 45)
             self._bicycle(D, st["x_r"] - 0.8 - (2.2 if st["sides"][1]["park"] else 0.0), z, side_view=False,
                           label=L["bicycle"], rider=True)
-        if rng.random() < 0.2:
+        if rng.random() < 0.1:
             self._motorcycle(D, st["lane_w"] * rng.uniform(0.3, 0.7), rng.uniform(8, 40), side_view=False, rider=True)
         return D
 
     def _vehicle(self, D: PrimSet, x: float, z: float, facing: bool) -> float:
         r = self.rng_dyn.random()
-        if r < 0.06:
+        if r < 0.025:
             return self._bus(D, x, z, facing)
-        if r < 0.12:
+        if r < 0.05:
             return self._truck(D, x, z, facing, parked=False)
         return self._car(D, x, z, facing, parked=False, van=r < 0.2)
 
@@ -888,7 +888,7 @@ class _Builder:
                 return
             for sx in (-1, 1):
                 D.lights.append(Light((x + sx * (w / 2 - 0.3), y, z - 0.1), (1.0, 0.95, 0.85), 6.0,
-                                      direction=(0.0, -0.15, -1.0), exponent=6.0, glow=9.0))
+                                      direction=(0.0, -0.15, -1.0), exponent=6.0, glow=5.0))
         else:
             on = 0.0 if parked else 1.0
             for sx in (-1, 1):
@@ -926,11 +926,29 @@ class _Builder:
         lab = L["car"]
         y0 = 0.28
         self._box(D, x0, x1, y0, y0 + hb, z, z + length, lab, col, z, order=0)
-        # cabin (glass with roof)
-        inset = 0.12
+        # cabin: slanted windows (trapezoids) under a roof of the body colour, pillars of the body colour
+        inset = 0.1
         zc0 = z + (length * rng.uniform(0.18, 0.3) if not van else 0.3)
         zc1 = z + length * rng.uniform(0.7, 0.82) if not van else z + length - 0.2
-        self._box(D, x0 + inset, x1 - inset, y0 + hb, ht, zc0, zc1, lab, GLASS, z, order=2, top_color=col)
+        yb = y0 + hb
+        slope = 0.18 if not van else 0.05
+        xa, xb = x0 + inset, x1 - inset
+        rake0, rake1 = (ht - yb) * (0.9 if not van else 0.3), (ht - yb) * (0.7 if not van else 0.1)
+        xs = xa if xa > self.cam.x else (xb if xb < self.cam.x else None)
+        if xs is not None:
+            D.add(np.array([[xs, yb, zc0], [xs, yb, zc1], [xs, ht, zc1 - rake1], [xs, ht, zc0 + rake0]]), lab, col,
+                  AX_X, xs, LAYER_STAND, z, order=2)
+            D.add(np.array([[xs, yb + 0.06, zc0 + 0.12], [xs, yb + 0.06, zc1 - 0.12], [xs, ht - 0.08, zc1 - rake1 - 0.05],
+                            [xs, ht - 0.08, zc0 + rake0 + 0.05]]), lab, GLASS, AX_X, xs, LAYER_STAND, z, order=3,
+                  pattern=PAT_GLASS)
+        if ht < self.cam.y:
+            D.add(quad_y(xa + slope, xb - slope, zc0 + rake0, zc1 - rake1, ht), lab, col, AX_Y, ht, LAYER_STAND, z,
+                  order=4)
+        D.add(poly_z([(xa, yb), (xb, yb), (xb - slope, ht), (xa + slope, ht)], zc0 + rake0 * 0.5), lab, col, AX_Z,
+              zc0 + rake0 * 0.5, LAYER_STAND, z, order=5)
+        D.add(poly_z([(xa + 0.1, yb + 0.05), (xb - 0.1, yb + 0.05), (xb - slope - 0.05, ht - 0.07),
+                      (xa + slope + 0.05, ht - 0.07)], zc0 + rake0 * 0.5 - 0.01), lab, GLASS, AX_Z,
+              zc0 + rake0 * 0.5 - 0.01, LAYER_STAND, z, order=6, pattern=PAT_GLASS)
         # bonnet/boot top and wheels
         self._wheels_side(D, x0 if x0 > self.cam.x else x1, [z + 0.8, z + length - 0.8], 0.32, lab, z, 1)
         D.add(quad_z(x0 + 0.1, x0 + 0.35, 0.0, 0.3, z + 0.3), lab, TYRE, AX_Z, z + 0.3, LAYER_STAND, z, order=-1)
@@ -939,7 +957,7 @@ class _Builder:
         yl = y0 + hb * 0.7
         lc = (0.5, 0.02, 0.02) if not facing else (0.8, 0.8, 0.75)
         on = 0.0 if parked else 1.0
-        em = tuple(v * (4.0 if facing else 1.2) * on for v in ((1, 0.95, 0.85) if facing else (1.0, 0.04, 0.02)))
+        em = tuple(v * (3.0 if facing else 1.2) * on for v in ((1, 0.95, 0.85) if facing else (1.0, 0.04, 0.02)))
         for sx in (-1, 1):
             xa = x + sx * (w / 2 - 0.25)
             D.add(quad_z(xa - 0.18, xa + 0.18, yl - 0.08, yl + 0.08, z - 0.01), lab, lc, AX_Z, z - 0.01, LAYER_STAND,
@@ -980,6 +998,7 @@ class _Builder:
         length = rng.uniform(11, 18)
         h = rng.uniform(2.9, 3.3)
         lab = L["bus"]
+        lit = float(rng.uniform(0.3, 1.0))  # lit interior at night
         col = _jitter(rng, _choice(rng, [srgb(230, 230, 225), srgb(40, 80, 160), srgb(200, 40, 40), srgb(240, 200, 40),
                                          srgb(60, 140, 70), srgb(150, 150, 155)]), 0.08)
         x0, x1 = x - w / 2, x + w / 2
@@ -988,17 +1007,15 @@ class _Builder:
         # window band on the side and on the near face
         if abs(side - self.cam.x) > 0.3:
             D.add(quad_x(side, z + 1.0, z + length - 0.5, 1.3, h - 0.35), lab, GLASS, AX_X, side, LAYER_STAND, z,
-                  order=1, pattern=PAT_GLASS)
+                  order=1, pattern=PAT_GLASS, params=(lit,))
         D.add(quad_z(x0 + 0.15, x1 - 0.15, 1.3 if facing else 1.6, h - 0.25, z - 0.01), lab, GLASS, AX_Z, z - 0.01,
-              LAYER_STAND, z, order=3, pattern=PAT_GLASS)
+              LAYER_STAND, z, order=3, pattern=PAT_GLASS, params=(lit,))
         self._wheels_side(D, side, [z + 2.5, z + length - 3.0], 0.5, lab, z, 2)
         self._lights_for(D, x, w, 0.8, z, facing, False)
         for sx in (-1, 1):
             D.add(quad_z(x + sx * 1.0 - 0.15, x + sx * 1.0 + 0.15, 0.7, 0.95, z - 0.02), lab,
                   (0.8, 0.8, 0.75) if facing else (0.5, 0.02, 0.02), AX_Z, z - 0.02, LAYER_STAND, z, order=4,
                   emit=(4.0, 3.8, 3.4) if facing else (1.2, 0.05, 0.02))
-        if rng.random() < 0.7:  # lit interior at night
-            D.lights.append(Light((x, 2.0, z + 2.0), (1.0, 0.95, 0.85), 0.5, glow=0.0, illuminates=False))
         D.casters.append(("box", x0, x1, z, z + length, h))
         return length
 
@@ -1014,7 +1031,7 @@ class _Builder:
         side = x0 if x0 > self.cam.x else x1
         if abs(side - self.cam.x) > 0.3:
             D.add(quad_x(side, z + 0.8, z + length - 0.8, 1.1, h - 0.5), lab, GLASS, AX_X, side, LAYER_STAND, z,
-                  order=1, pattern=PAT_GLASS)
+                  order=1, pattern=PAT_GLASS, params=(1.0,))
         D.add(quad_z(x0 + 0.2, x1 - 0.2, 1.2, h - 0.3, z - 0.01), lab, GLASS, AX_Z, z - 0.01, LAYER_STAND, z, order=3)
         D.add(segment_z(x - 0.5, h, x + 0.2, h + 0.9, 0.06, z + 3), lab, srgb(40, 40, 40), AX_Z, z + 3, LAYER_STAND, z,
               order=4)
@@ -1046,7 +1063,7 @@ class _Builder:
         else:
             D.add(quad_z(x0, x1, 0.35, h, zc), lab, col, AX_Z, zc, LAYER_STAND, zc, tex=0.05)
             D.add(quad_z(x0 + 0.6, x1 - 0.6, 1.2, h - 0.4, zc - 0.01), lab, GLASS, AX_Z, zc - 0.01, LAYER_STAND, zc,
-                  order=1, pattern=PAT_GLASS)
+                  order=1, pattern=PAT_GLASS, params=(0.0 if kind == "truck" else 1.0,))
             for xw in np.linspace(x0 + 1.5, x1 - 1.5, max(2, int(length / 6))):
                 D.add(ellipse_z(float(xw), 0.45, 0.45, 0.45, zc - 0.02), lab, TYRE, AX_Z, zc - 0.02, LAYER_STAND, zc,
                       order=2)
@@ -1165,7 +1182,7 @@ def sample_look(rng: np.random.Generator) -> dict:
         "sun_power": float(rng.uniform(3.0, 4.5)) if sunny else 0.0,
         "sky_power": float(rng.uniform(0.8, 1.2) if sunny else rng.uniform(1.6, 2.4)),
         "sky_top": srgb(*rng.uniform([80, 120, 180], [140, 170, 230])) if sunny else srgb(*([rng.uniform(170, 215)] * 3)),
-        "day_key": float(rng.uniform(0.16, 0.24)),
+        "day_key": float(rng.uniform(0.065, 0.095)),
         "day_tint": rng.uniform(0.94, 1.06, 3).tolist(),
         "lamp": lamp,
         "lamp_color": LAMP_COLORS[lamp],
@@ -1173,8 +1190,8 @@ def sample_look(rng: np.random.Generator) -> dict:
         "ambient_color": _choice(rng, [(0.6, 0.7, 1.0), (1.0, 0.75, 0.5), (0.8, 0.8, 0.85)]),
         "skyglow": _choice(rng, [(0.06, 0.05, 0.06), (0.08, 0.05, 0.03), (0.03, 0.035, 0.06)]),
         "skyglow_power": float(rng.uniform(0.5, 1.5)),
-        "night_key": float(rng.uniform(0.05, 0.09)),
-        "max_gain": float(rng.uniform(6.0, 14.0)),
+        "night_key": float(rng.uniform(0.02, 0.035)),
+        "max_gain": float(rng.uniform(4.0, 9.0)),
         "wb": float(rng.uniform(0.2, 0.6)),  # share of the colour cast the camera's white balance removes
         "shot": float(rng.uniform(0.004, 0.012)),
         "read": float(rng.uniform(0.004, 0.012)),

@@ -109,9 +109,13 @@ def train_transform(
     crop_size: int | Sequence[int] = 512,
     scale_range: Sequence[float] = (0.5, 1.0),
     hflip: bool = True,
+    out_size: int | Sequence[int] | None = None,
 ) -> v2.Compose:
-    """Return the joint training transform: random scale-and-crop, then random horizontal flip (p=0.5)."""
+    """Return the joint training transform: random scale-and-crop, optional resize of the crop to
+    `out_size` (DANNet's code resizes its 960 Dark Zurich crops to 512x512), random horizontal flip."""
     steps: list[v2.Transform] = [RandomScaleCrop(crop_size, scale_range)]
+    if out_size is not None:
+        steps.append(Resize(list(_pair(out_size))))
     if hflip:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     return v2.Compose(steps)

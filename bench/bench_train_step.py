@@ -1,0 +1,123 @@
+"""Time one training step (forward, backward, optimizer and LR-scheduler step) of each recipe.
+
+    .venv/bin/python bench/bench_train_step.py                      # the CPU recipes, CPU
+    .venv/bin/python bench/bench_train_step.py --steps 30 --threads 2
+    .venv/bin/python bench/bench_train_step.py --device cuda configs/supervised_cityscapes.yaml
+
+The batch is random data of the recipe's crop size and batch size (data loading is not timed; see
+bench_dataloader.py), built per stream from `STREAM_KEYS`; the step is exactly the recipe's
+``training_step`` plus ``backward``, ``optimizer.step`` and ``scheduler.step`` from its
+``configure_optimizers``. On CUDA the step runs under the recipe's AMP (bf16 where supported). Printed:
+median and min step time and images/s, where images counts every input image of the batch (a joint
+supervised step holds 2 x batch_size images).
+
+To add a recipe, give its config on the command line or append it to `DEFAULT_CONFIGS`; a dataset whose
+samples are not ``{"image", "label"}`` needs an entry in `STREAM_KEYS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIGS = [
+    "configs/cpu/supervised_cityscapes.yaml",
+    "configs/cpu/supervised_joint.yaml",
+]
+STREAM_KEYS = {
+    # dataset name -> (image keys, labelled)
+    "dark_zurich_pairs": (("night", "day"), False),
+}
+
+
+def make_batch(cfg, device: torch.device) -> tuple[dict, int]:
+    """Return a random batch for the recipe `cfg` and the number of images in it."""
+    batch, images = {}, 0
+    for name in ("source", "target"):
+        stream = getattr(cfg.data, name)
+        if stream.dataset is None:
+            continue
+        h, w = stream.crop or stream.resize or (256, 512)
+        keys, labelled = STREAM_KEYS.get(stream.dataset, (("image",), True))
+        b = cfg.data.batch_size
+        sample = {key: torch.rand(b, 3, h, w, device=device) for key in keys}
+        if labelled:
+            sample["label"] = torch.randint(0, cfg.model.num_classes, (b, h, w), device=device)
+        sample["name"] = [f"bench_{i}" for i in range(b)]
+        batch[name] = sample
+        images += b * len(keys)
+    return batch, images
+
+
+def time_recipe(config: str, overrides: list[str], steps: int, warmup: int, device: torch.device) -> dict:
+    """Return the step times (s) of the recipe at `config` and its images per step."""
+    from nightseg.config import load_config
+    from nightseg.engine import build_module, reseed, resolve_devices
+
+    cfg = load_config(REPO / config if not Path(config).is_absolute() else config, overrides)
+    reseed(0)
+    module = build_module(cfg).to(device)
+    module.log = lambda *args, **kwargs: None  # no Trainer attached: logging is a no-op here
+    conf = module.configure_optimizers()
+    optimizer, scheduler = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    batch, images = make_batch(cfg, device)
+    precision = resolve_devices(cfg)["precision"] if device.type == "cuda" else "32-true"
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    module.train()
+    times = []
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = module.training_step(batch, i)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    crop = cfg.data.source.crop
+    return {"recipe": cfg.recipe, "model": cfg.model.name, "crop": crop, "batch": cfg.data.batch_size,
+            "images": images, "times": times, "precision": precision}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("configs", nargs="*", default=DEFAULT_CONFIGS, help="recipes to time")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every recipe")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU threads")
+    print(f"{'recipe':32s} {'model':12s} {'crop':>9s} {'imgs':>4s} {'median ms':>10s} {'min ms':>8s} {'img/s':>7s}")
+    results = []
+    for config in args.configs:
+        r = time_recipe(config, args.set, args.steps, args.warmup, device)
+        med, low = statistics.median(r["times"]), min(r["times"])
+        crop = "x".join(map(str, r["crop"])) if r["crop"] else "native"
+        print(f"{r['recipe']:32s} {r['model']:12s} {crop:>9s} {r['images']:4d} {1000 * med:10.1f} "
+              f"{1000 * low:8.1f} {r['images'] / med:7.1f}", flush=True)
+        results.append((r["recipe"], med))
+    if len(results) > 1:
+        base_name, base = results[0]
+        for name, med in results[1:]:
+            print(f"{name}: {med / base:.2f}x the step time of {base_name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
