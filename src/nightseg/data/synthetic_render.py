@@ -336,7 +336,7 @@ def surface(flat: _Flat, cam: Camera, rng: np.random.Generator, night: bool) -> 
         b = np.where(ax == AX_Y, Z, Y)
         prm = np.take(flat.params, np.take(pm, idx), axis=0)
         if code == PAT_FACADE:
-            _facade(idx, a, b, prm, t, cam, albedo, emission, glass, night)
+            _facade(idx, a, b, prm, t, cam, albedo, emission, glass, night, noise[1][idx])
         elif code == PAT_PAVERS:
             fa = np.mod(a / prm[:, 0], 1.0)
             fb = np.mod(b / prm[:, 1], 1.0)
@@ -361,7 +361,7 @@ def surface(flat: _Flat, cam: Camera, rng: np.random.Generator, night: bool) -> 
     return _Surface((h, w), pm, flat, geom, sky, albedo, emission, glass, noise)
 
 
-def _facade(idx, a, b, prm, t, cam, albedo, emission, glass, night: bool) -> None:
+def _facade(idx, a, b, prm, t, cam, albedo, emission, glass, night: bool, inner: np.ndarray) -> None:
     """Windows, shop fronts and cornices on a building facade, in facade coordinates (metres)."""
     origin, spacing, floor_h, ww, wh, shop, hgt, seed = (prm[:, k] for k in range(8))
     colf = (a - origin) / spacing
@@ -404,9 +404,11 @@ def _facade(idx, a, b, prm, t, cam, albedo, emission, glass, night: bool) -> Non
             warm = np.stack([np.ones_like(ht), 0.75 + 0.2 * ht, 0.45 + 0.4 * ht], axis=1)
             emission.append((idx[lit], (0.25 + 0.6 * h_int[lit]) [:, None] * vis[lit, None] * warm))
         shop_lit = np.flatnonzero(shopwin & ((hv * 4.0) % 1.0 < 0.7))
-        if len(shop_lit):
+        if len(shop_lit):  # lit shop window: bright, warm or cool, with a shaded interior
             ht = h_tint[shop_lit]
-            emission.append((idx[shop_lit], 1.6 * np.stack([np.ones_like(ht), 0.8 + 0.15 * ht, 0.55 + 0.4 * ht], 1)))
+            level = (0.3 + 0.9 * h_int[shop_lit]) * np.clip(0.75 + 0.35 * inner[shop_lit], 0.2, 1.5)
+            emission.append((idx[shop_lit], level[:, None] * np.stack([np.ones_like(ht), 0.8 + 0.15 * ht,
+                                                                        0.55 + 0.45 * ht], 1)))
         on = np.flatnonzero(band & ((hv * 2.0) % 1.0 < 0.5))
         if len(on):
             emission.append((idx[on], sub[on] * 2.5))

@@ -1082,10 +1082,9 @@ class _Builder:
         if seated_y is None:
             y_hip = hp * 0.5
             stride = rng.uniform(0.0, 0.25)
-            for sx in (-1, 1):
-                xf = x + sx * stride
-                D.add(poly_z([(x + sx * 0.03, y_hip), (x + sx * hw * 0.75, y_hip), (xf + sx * 0.07, 0.0),
-                              (xf - sx * 0.06 + sx * 0.0, 0.0)], z), lab, legs, AX_Z, z, LAYER_STAND, z, order=0)
+            D.add([poly_z([(x + sx * 0.03, y_hip), (x + sx * hw * 0.75, y_hip), (x + sx * (stride + 0.07), 0.0),
+                           (x + sx * (stride - 0.06), 0.0)], z) for sx in (-1, 1)], lab, legs, AX_Z, z, LAYER_STAND,
+                  z, order=0)
             y0 = y_hip
         else:
             y0 = seated_y
@@ -1094,14 +1093,13 @@ class _Builder:
                   legs, AX_Z, z - 0.02, LAYER_STAND, z, order=3)
         y_sh = hp * 0.82
         coat = rng.uniform(0, 0.25) if seated_y is None else 0.0
-        D.add(poly_z([(x - hw * 0.85, y0 - coat), (x + hw * 0.85, y0 - coat), (x + hw, y_sh), (x - hw, y_sh)], z), lab, top,
-              AX_Z, z, LAYER_STAND, z, order=1)
-        for sx in (-1, 1):
-            D.add(segment_z(x + sx * hw, y_sh - 0.02, x + sx * (hw + rng.uniform(0.0, 0.12)), y0 - 0.05, 0.09, z), lab, top,
-                  AX_Z, z, LAYER_STAND, z, order=1)
+        arms = rng.uniform(0.0, 0.12, 2)
+        D.add([poly_z([(x - hw * 0.85, y0 - coat), (x + hw * 0.85, y0 - coat), (x + hw, y_sh), (x - hw, y_sh)], z)]
+              + [segment_z(x + sx * hw, y_sh - 0.02, x + sx * (hw + a), y0 - 0.05, 0.09, z) for sx, a in zip((-1, 1), arms)],
+              lab, top, AX_Z, z, LAYER_STAND, z, order=1)
         rh = hp * 0.065
-        D.add(quad_z(x - 0.04, x + 0.04, y_sh - 0.02, y_sh + 0.06, z), lab, skin, AX_Z, z, LAYER_STAND, z, order=2)
-        D.add(ellipse_z(x, y_sh + 0.05 + rh, rh * 0.85, rh * 1.05, z, n=10), lab, skin, AX_Z, z, LAYER_STAND, z, order=2)
+        D.add([quad_z(x - 0.04, x + 0.04, y_sh - 0.02, y_sh + 0.06, z),
+               ellipse_z(x, y_sh + 0.05 + rh, rh * 0.85, rh * 1.05, z, n=10)], lab, skin, AX_Z, z, LAYER_STAND, z, order=2)
         if rng.random() < 0.6:  # hair / hat
             D.add(ellipse_z(x, y_sh + 0.07 + rh * 1.35, rh * 0.9, rh * 0.6, z - 0.001, n=10), lab,
                   _jitter(rng, _choice(rng, CLOTHES[:4])), AX_Z, z - 0.001, LAYER_STAND, z, order=3)
