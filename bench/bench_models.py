@@ -175,7 +175,7 @@ def main() -> None:
     torch.set_num_interop_threads(1)
     print(f"torch {torch.__version__}, {args.threads} threads")
     if args.only in (None, "train-step"):
-        train_step_table(["pspnet_tiny", "pspnet_r18", "lraspp_mobilenetv3", "segformer_b0"])
+        train_step_table(["pspnet_nano", "pspnet_tiny", "pspnet_r18", "lraspp_mobilenetv3", "segformer_b0"])
     if args.only in (None, "cross-attention"):
         cross_attention_table(
             args.threads,

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("configs", nargs="*", default=DEFAULT_CONFIGS, help="recipes to time")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every recipe")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)

@@ -57,6 +57,8 @@ class StreamConfig:
     """Random rescale range ``[lo, hi]`` (training streams only)."""
     crop: list[int] | None = None
     """``[H, W]`` random crop after rescaling (``null``: no crop)."""
+    out_size: list[int] | None = None
+    """``[H, W]`` resize of each crop (DANNet's code resizes its 960 Dark Zurich crops to 512; ``null``: none)."""
     flip: bool = False
     """Random horizontal flip (training streams only)."""
     limit: int | None = None
@@ -429,6 +431,7 @@ def _check_values(cfg: Config, source: str) -> None:
         stream: StreamConfig = getattr(cfg.data, name)
         _pair(stream.resize, f"data.{name}.resize", source, "H, W")
         _pair(stream.crop, f"data.{name}.crop", source, "H, W")
+        _pair(stream.out_size, f"data.{name}.out_size", source, "H, W")
         _pair(stream.scale, f"data.{name}.scale", source, "lo, hi")
         if stream.scale[0] <= 0 or stream.scale[0] > stream.scale[1]:
             raise UserError(f"{source}: 'data.{name}.scale' must be [lo, hi] with 0 < lo <= hi, got {stream.scale}")

@@ -229,7 +229,8 @@ def _factory(name: str, what: str) -> Any:
 
 
 def build_transform(stream: Any, train: bool) -> Any:
-    """Return the joint transform of a stream config: resize, then (training) random scale-crop and flip."""
+    """Return the joint transform of a stream config: resize, then (training) random scale-crop, resize of
+    the crop to ``out_size``, and flip (`nightseg.data.transforms`; random draws from torch's generator)."""
     from torchvision.transforms import v2
 
     from nightseg.data.transforms import RandomScaleCrop, Resize
@@ -242,6 +243,8 @@ def build_transform(stream: Any, train: bool) -> Any:
             steps.append(RandomScaleCrop(list(stream.crop), tuple(stream.scale)))
         elif tuple(stream.scale) != (1.0, 1.0):
             raise UserError(f"data stream {stream.dataset}: 'scale' {stream.scale} needs a 'crop' size as well")
+        if stream.out_size is not None:
+            steps.append(Resize(list(stream.out_size)))
         if stream.flip:
             steps.append(v2.RandomHorizontalFlip(p=0.5))
     return v2.Compose(steps) if steps else None
@@ -294,6 +297,9 @@ class StreamData(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []
+        if len(self.val_set) < self.trainer.world_size:  # every rank must validate (the reduction is collective)
+            raise UserError(f"data.val: {len(self.val_set)} validation images for {self.trainer.world_size} "
+                            "processes; each process needs at least one")
         sampler = ShardSampler(len(self.val_set), self.trainer.global_rank, self.trainer.world_size)
         return self._loader(self.val_set, sampler, self.cfg.data.val_batch_size, persistent=True)
 
@@ -849,7 +855,9 @@ def train(cfg: Config, run_dir: str | os.PathLike, resume: bool = False,
         with contextlib.suppress(TrainingStopped):
             trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
         if run_callback.interrupted:
-            log.warning("stopped at step %d; the training state is saved: continue with --resume", trainer.global_step)
+            if trainer.is_global_zero:
+                log.warning("stopped at step %d; the training state is saved: continue with --resume",
+                            trainer.global_step)
             return run_callback.write_metrics(trainer, module, finished=False)
         if run_callback.last_saved_step != trainer.global_step:
             run_callback.save_state(trainer, module)
@@ -859,6 +867,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, resume: bool = False,
         if trainer.is_global_zero:
             export(module, run.checkpoints / "last.safetensors", trainer.global_step, run_callback.latest)
         metrics = run_callback.write_metrics(trainer, module, finished=trainer.global_step >= cfg.train.max_steps)
-        log.info("trained %s for %d steps in %.0f s -> %s", cfg.recipe, trainer.global_step,
-                 time.perf_counter() - started, run.root)
+        if trainer.is_global_zero:
+            log.info("trained %s for %d steps in %.0f s -> %s", cfg.recipe, trainer.global_step,
+                     time.perf_counter() - started, run.root)
         return metrics

@@ -73,16 +73,16 @@ def class_weights(
 
 
 def class_frequencies(
-    labels: Iterable[torch.Tensor], num_classes: int = NUM_CLASSES, progress: bool = True
+    labels: Iterable[torch.Tensor], num_classes: int = NUM_CLASSES, progress: bool = True, total: int | None = None
 ) -> torch.Tensor:
     """Return the pixel frequency a_k of each class (float64 ``[C]``, sums to 1) over label maps.
 
     `labels` yields trainId tensors of any shape; pixels outside ``0..C-1`` (255 = ignore) are not counted.
     This is the a_k of seed 000, Eq. 5: "the proportion of all valid pixels in the source domain labeled
-    as class k".
+    as class k". `total` (the number of maps, if known) only sizes the progress bar.
     """
     counts = torch.zeros(num_classes, dtype=torch.float64)
-    for label in tqdm(labels, desc="class frequencies", disable=not progress, leave=False):
+    for label in tqdm(labels, desc="class frequencies", total=total, disable=not progress, leave=False):
         flat = torch.as_tensor(label).reshape(-1).long()
         flat = flat[(flat >= 0) & (flat < num_classes)]
         counts += torch.bincount(flat, minlength=num_classes).double()

@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 def run(args: argparse.Namespace) -> int:
     """Train; return 0 when finished, 130 when stopped early by SIGTERM/Ctrl-C (state saved)."""
     from nightseg.config import load_config
-    from nightseg.engine import train
+    from nightseg.engine import env_rank, train
     from nightseg.errors import UserError
 
     if args.config is None:
@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(config_path, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.recipe
     metrics = train(cfg, out, resume=args.resume)
+    if env_rank() != 0:  # a DDP worker process: rank 0 reports
+        return 0 if metrics["finished"] else 130
     if not metrics["finished"]:
         print(f"stopped at step {metrics['step']} of {metrics['max_steps']}; continue with --resume --out {out}")
         return 130

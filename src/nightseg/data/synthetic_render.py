@@ -60,6 +60,8 @@ class Frame:
     train_ids: np.ndarray
     invalid: np.ndarray | None
     camera: Camera
+    sources: np.ndarray | None = None
+    """Night only: pixels of light sources (emissive surfaces and visible point lights)."""
 
 
 @dataclass
@@ -420,11 +422,15 @@ _GAMMA_LUT = np.clip(np.power(np.linspace(0.0, 1.0, 4096), 1 / 2.2) * 255.0 + 0.
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
-    """Linear [0, 1] (clipped) to 8-bit sRGB-like values through a 12-bit lookup table."""
-    return np.take(_GAMMA_LUT, np.clip(x * 4095.0 + 0.5, 0, 4095).astype(np.int16))
+    """Linear [0, 1] (clipped) to 8-bit sRGB-like values (gamma 2.2) through a 12-bit lookup table."""
+    q = np.clip(x, 0.0, 1.0)
+    q *= 4095.0
+    q += 0.5
+    return np.take(_GAMMA_LUT, q.astype(np.int16))
 
 
 def _luma(x: np.ndarray) -> np.ndarray:
+    """Rec. 709 luminance of Nx3 linear RGB."""
     return x @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
 
 
@@ -610,25 +616,29 @@ def expose_night(lin: np.ndarray, S: _Surface, cam: Camera, look: dict, lights: 
     # partial white balance (grey world over non-saturated pixels)
     sel = (lum < 0.9 / gain).astype(np.float32)
     m = (sel @ lin) / max(float(sel.sum()), 1.0) + 1e-6
-    wb = ((m.mean() / m) ** look["wb"]).astype(np.float32)
-    x = lin.reshape(h, w, 3)
-    x *= wb * gain
+    wb = (m.mean() / m) ** look["wb"] * gain
+    # (no OpenCV arithmetic with Python scalars on 3-channel arrays here: OpenCV applies a scalar to the
+    # first channel only)
+    x = lin.reshape(h, w, 3) * wb.astype(np.float32)
     # invalid: noise-free brightness too low to recognise anything
     v_clean = np.maximum(np.maximum(x[..., 0], x[..., 1]), x[..., 2])
     k = max(3, (w // 128) | 1)
     invalid = cv2.blur(v_clean, (k, k)) < INVALID_V ** 2.2
-    # shot + read noise, amplified by the gain
-    sigma = np.sqrt(np.maximum(x, 0) * (look["shot"] * gain / 8.0) + (look["read"] * gain / 8.0) ** 2)
-    sigma *= _crop(h, w, rng, sensor=True)
-    x += sigma
+    # shot + read noise, amplified by the gain: sigma^2 = shot * signal + read^2
+    shot, read = look["shot"] * gain / 8.0, (look["read"] * gain / 8.0) ** 2
+    sigma = np.maximum(x, 0.0)
+    sigma *= shot
+    sigma += read
+    x += cv2.multiply(cv2.sqrt(sigma), _crop(h, w, rng, sensor=True))
     s = w / 512.0
     x = cv2.GaussianBlur(x, (0, 0), 0.5 * s + 0.3)
     # bloom around everything that saturates and around visible point lights
-    src = np.maximum(x - 1.0, 0.0)
-    src += _bloom_sources(S, cam, lights, gain * float(wb.mean()))
+    src = np.maximum(x, 1.0)
+    src -= 1.0
+    src += _bloom_sources(S, cam, lights, gain * float(wb.mean() / gain))
     small = cv2.resize(src, (max(w // 4, 8), max(h // 4, 4)), interpolation=cv2.INTER_AREA)
-    bloom = BLOOM_NEAR * cv2.GaussianBlur(small, (0, 0), 1.0 * s + 0.4)
-    bloom += BLOOM_WIDE * cv2.GaussianBlur(small, (0, 0), 5.0 * s + 1.0)
+    bloom = cv2.addWeighted(cv2.GaussianBlur(small, (0, 0), 1.0 * s + 0.4), BLOOM_NEAR,
+                            cv2.GaussianBlur(small, (0, 0), 5.0 * s + 1.0), BLOOM_WIDE, 0.0)
     x += cv2.resize(bloom, (w, h), interpolation=cv2.INTER_LINEAR)
     return _to_uint8(x), invalid
 
@@ -637,9 +647,7 @@ def expose_day(lin: np.ndarray, look: dict, rng: np.random.Generator, shape: tup
     """Auto-exposure on the log-mean luminance, mild sensor noise and softness, tone curve -> HxWx3 uint8."""
     h, w = shape
     gain = look["day_key"] / float(np.exp(np.mean(np.log(_luma(lin) + 1e-3))))
-    x = lin.reshape(h, w, 3)
-    x *= gain
-    x += _crop(h, w, rng, sensor=True) * (0.004 * np.sqrt(np.maximum(x, 0) + 0.01))
+    x = cv2.scaleAdd(_crop(h, w, rng, sensor=True), 0.003, lin.reshape(h, w, 3) * np.float32(gain))
     x = cv2.GaussianBlur(x, (0, 0), 0.35 * w / 512.0 + 0.2)
     return _to_uint8(x)
 
@@ -652,9 +660,14 @@ def render(scene: Scene, dyn: int, night: bool, rng: np.random.Generator, camera
     S = surface(flat, cam, rng, night)
     h, w = S.shape
     label_ids = np.take(flat.label, S.pm).reshape(h, w)
+    sources = None
     if night:
         lin = shade_night(S, cam, scene.look, flat.lights)
         img, invalid = expose_night(lin, S, cam, scene.look, flat.lights, rng)
+        sources = np.zeros(h * w, dtype=bool)
+        for idx, val in S.emission:
+            sources[idx[val.max(axis=1) > 0.05]] = True
+        sources = sources.reshape(h, w)
     else:
         lin = shade_day(S, cam, scene.look, scene.street)
         img = expose_day(lin, scene.look, rng, (h, w))
@@ -664,7 +677,7 @@ def render(scene: Scene, dyn: int, night: bool, rng: np.random.Generator, camera
         if invalid is not None:
             invalid &= label_ids != L["ego vehicle"]
     train_ids = np.take(LABEL_ID_TO_TRAIN_ID, label_ids)
-    return Frame(image=img, label_ids=label_ids, train_ids=train_ids, invalid=invalid, camera=cam)
+    return Frame(image=img, label_ids=label_ids, train_ids=train_ids, invalid=invalid, camera=cam, sources=sources)
 
 
 def _draw_hood(img: np.ndarray, label_ids: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -217,8 +217,10 @@ def quad_z(x0: float, x1: float, y0: float, y1: float, z: float) -> np.ndarray:
 
 def poly_z(xy: list[tuple[float, float]] | np.ndarray, z: float) -> np.ndarray:
     """Polygon in the plane Z = z from 2-D (x, y) vertices."""
-    xy = np.asarray(xy, dtype=np.float64)
-    return np.concatenate([xy, np.full((len(xy), 1), z)], axis=1)
+    out = np.empty((len(xy), 3))
+    out[:, :2] = xy
+    out[:, 2] = z
+    return out
 
 
 def ellipse_z(cx: float, cy: float, rx: float, ry: float, z: float, n: int = 14,
@@ -277,8 +279,10 @@ def _choice(rng: np.random.Generator, seq: list):
 
 
 def _jitter(rng: np.random.Generator, color: tuple[float, float, float], amount: float = 0.15) -> tuple:
-    g = rng.uniform(1 - amount, 1 + amount, 4)
-    return tuple(min(max(c * g[0] * (1 + (g[k + 1] - 1) / 3), 0.0), 1.0) for k, c in enumerate(color))
+    """`color` scaled by a random brightness and slightly re-tinted (each factor within +-amount)."""
+    g = rng.uniform(1 - amount, 1 + amount, 4).tolist()
+    return (min(color[0] * g[0] * (2 + g[1]) / 3, 1.0), min(color[1] * g[0] * (2 + g[2]) / 3, 1.0),
+            min(color[2] * g[0] * (2 + g[3]) / 3, 1.0))
 
 
 class _Builder:
@@ -662,9 +666,10 @@ class _Builder:
               tex=0.2, order=0)
         r = rng.uniform(1.8, 3.5) * (1.4 if big else 1.0)
         cy = trunk_h + r * 0.8
-        blobs = [ellipse_z(x + rng.uniform(-0.4, 0.4) * r, cy + rng.uniform(-0.3, 0.3) * r,
-                           r * rng.uniform(0.6, 0.9), r * rng.uniform(0.6, 0.9), z - 0.01, n=16, rng=rng, jitter=0.18)
-                 for _ in range(int(rng.integers(3, 6)))]
+        nb = int(rng.integers(3, 6))
+        u = rng.uniform(-1.0, 1.0, (nb, 4)) * [0.4, 0.3, 0.15, 0.15] + [0.0, 0.0, 0.75, 0.75]
+        blobs = [ellipse_z(x + a * r, cy + b * r, r * c, r * d, z - 0.01, n=14, rng=rng, jitter=0.18)
+                 for a, b, c, d in u.tolist()]
         P.add(blobs, L["vegetation"], col, AX_Z, z - 0.01, layer, z - 0.01, pattern=PAT_LEAVES,
               tex=rng.uniform(0.35, 0.6), tex_scale=0, order=1)
         P.casters.append(("blob", x, z, r, cy))
@@ -1180,7 +1185,7 @@ def sample_look(rng: np.random.Generator) -> dict:
         "sun_power": float(rng.uniform(3.0, 4.5)) if sunny else 0.0,
         "sky_power": float(rng.uniform(0.8, 1.2) if sunny else rng.uniform(1.6, 2.4)),
         "sky_top": srgb(*rng.uniform([80, 120, 180], [140, 170, 230])) if sunny else srgb(*([rng.uniform(170, 215)] * 3)),
-        "day_key": float(rng.uniform(0.065, 0.095)),
+        "day_key": float(rng.uniform(0.055, 0.085)),
         "day_tint": rng.uniform(0.94, 1.06, 3).tolist(),
         "lamp": lamp,
         "lamp_color": LAMP_COLORS[lamp],

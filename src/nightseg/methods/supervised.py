@@ -5,7 +5,8 @@ with 255 ignored. With a second labelled stream (``data.target``, e.g. NightCity
 every step takes a *mixed batch*: ``batch_size`` day and ``batch_size`` night crops go through the
 network in one forward pass (so BatchNorm statistics see both domains), and the loss is
 ``CE(day) + target_weight * CE(night)``, each a mean over its own labelled pixels, logged separately
-as ``train/ce_source`` and ``train/ce_target``. Both streams need the same crop size for that.
+as ``train/ce_source`` and ``train/ce_target``. Both streams need the same crop size for that
+(``crop``, or ``out_size`` where set).
 
 Optional class weights: a list of ``num_classes`` numbers, or ``inverse`` (seed 000, Eq. 5) /
 ``dannet_log`` (DANNet) computed from the Cityscapes class frequencies (`nightseg.losses`); the
@@ -60,9 +61,10 @@ class Supervised(SegmentationModule):
         weights = resolve_class_weights(self.params.class_weights, self.num_classes)
         self.register_buffer("class_weight", weights, persistent=False)
         source, target = cfg.data.source, cfg.data.target
-        if target.dataset is not None and source.crop != target.crop:
-            raise UserError(f"{cfg.recipe}: joint training needs data.source.crop == data.target.crop "
-                            f"(one mixed batch), got {source.crop} and {target.crop}")
+        size_s, size_t = source.out_size or source.crop, target.out_size or target.crop
+        if target.dataset is not None and (size_s is None or size_s != size_t):
+            raise UserError(f"{cfg.recipe}: joint training needs equal crops (data.source.crop / out_size == "
+                            f"data.target.crop / out_size, one mixed batch), got {size_s} and {size_t}")
 
     def cross_entropy(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over labelled pixels (class-weighted when configured); 0 if none is labelled."""

@@ -287,7 +287,9 @@ class ULCA(SegmentationModule):
             load_segmenter_weights(model, p.init_checkpoint)
         super().__init__(cfg, model)
         self.params = p
-        self.relight = load_relight(p.relight) if p.relight.enabled else None
+        # Frozen by requires_grad=False and no_grad; DCE-Net has no BatchNorm/dropout, so its train/eval
+        # mode changes nothing and it follows the module's (Lightning warns about submodules left in eval).
+        self.relight = load_relight(p.relight).train() if p.relight.enabled else None
         freq = resolve_frequencies(p.class_frequencies, self.num_classes)
         self.register_buffer("seg_weight", None, persistent=False)
         self.register_buffer("pl_weight", None, persistent=False)
@@ -326,7 +328,8 @@ class ULCA(SegmentationModule):
         if stage != "fit" or self.params.class_frequencies != "source" or self.seg_weight is not None:
             return
         dataset = build_stream_dataset(self.cfg.data.source, self.cfg.data.root, train=False)
-        self.set_class_frequencies(class_frequencies(source_labels(dataset), self.num_classes))
+        freq = class_frequencies(source_labels(dataset), self.num_classes, total=len(dataset))
+        self.set_class_frequencies(freq)
 
     # ---- building blocks
     def relit(self, x: torch.Tensor) -> torch.Tensor:
@@ -430,13 +433,6 @@ class ULCA(SegmentationModule):
     def param_groups(self) -> list[dict[str, Any]]:
         """Only the segmenter (and its cross attention) trains; the relighting net is frozen."""
         return [{"params": [q for q in self.model.parameters() if q.requires_grad]}]
-
-    def train(self, mode: bool = True) -> ULCA:
-        """Switch to training mode, keeping the frozen relighting net in eval mode."""
-        super().train(mode)
-        if self.relight is not None:
-            self.relight.eval()
-        return self
 
     def export_tensors(self) -> dict[str, torch.Tensor]:
         """Return the segmenter's tensors plus the relighting net's under ``relight.*`` (see `split_relight`)."""

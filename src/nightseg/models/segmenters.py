@@ -103,6 +103,10 @@ SEGMENTERS: dict[str, tuple[Callable[[int, bool], tuple[nn.Module, nn.Module]], 
         _pspnet(18, stages=3),
         "PSPNet on the first 3 stages of ResNet-18 (OS 8); tiny CPU model",
     ),
+    "pspnet_nano": (
+        _pspnet(18, stages=2),
+        "PSPNet on the first 2 stages of ResNet-18 (OS 8); the lightest CPU model",
+    ),
     "deeplabv2_r101": (
         _deeplabv2,
         "DeepLab v2, dilated ResNet-101 (OS 8) + ASPP-v2 classifier (UDA baseline)",

@@ -1,0 +1,91 @@
+"""Speed of the synthetic street-scene generator (`nightseg synth`) on ONE CPU core.
+
+Times, at 256x512 (issue 3 target: >= 20 day+night pairs per second on one core):
+  - a day/night pair rendered in memory (scene layout + two traffic sets + day render + night render),
+  - the same plus PNG encoding and atomic writing of both frames,
+  - a labelled day scene and a labelled night scene (in memory),
+and the wall time of whole presets written to a temporary folder (tiny by default; add small with
+``--presets tiny,small``). OpenCV and BLAS are limited to one thread. Each timing is repeated and the
+best and median repeats are printed (the minimum is the least disturbed by other processes).
+
+    .venv/bin/python bench/bench_synthetic.py [--size 256x512] [--pairs 20] [--repeats 3] [--presets tiny]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+
+from nightseg.data.synthetic import generate, make_sample
+from nightseg.data.synthetic_render import _noise_tiles
+from nightseg.io import write_png
+
+
+def _time(fn, n: int, repeats: int) -> tuple[float, float, float]:
+    """Return (best, median) seconds per item over `repeats` runs of n items, and best CPU seconds per item."""
+    walls, cpus = [], []
+    for r in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in range(n):
+            fn(r * n + i)
+        walls.append((time.perf_counter() - t0) / n)
+        cpus.append((time.process_time() - c0) / n)
+    return min(walls), statistics.median(walls), min(cpus)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="256x512")
+    ap.add_argument("--pairs", type=int, default=20, help="items per repeat")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--presets", default="tiny", help="comma-separated presets to time end to end ('' for none)")
+    args = ap.parse_args()
+    cv2.setNumThreads(1)
+    h, w = (int(v) for v in args.size.lower().split("x"))
+    _noise_tiles(h, w)  # built once per process and size
+    make_sample("pairs", 0, size=(h, w))  # warm-up
+    print(f"synthetic generator, one core, {h}x{w}, load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_synth_"))
+
+    def pair(i: int) -> None:
+        make_sample("pairs", i, seed=1, size=(h, w))
+
+    def pair_write(i: int) -> None:
+        s = make_sample("pairs", i, seed=1, size=(h, w))
+        write_png(tmp / f"d{i}.png", s.day.image)
+        write_png(tmp / f"n{i}.png", s.night.image)
+
+    rows = [
+        ("day+night pair, in memory", pair),
+        ("day+night pair + PNG writing", pair_write),
+        ("labelled day scene, in memory", lambda i: make_sample("train", i, seed=1, size=(h, w))),
+        ("labelled night scene, in memory", lambda i: make_sample("night_train", i, seed=1, size=(h, w))),
+    ]
+    print(f"{'case':36s} {'best ms':>8s} {'median ms':>10s} {'CPU ms':>7s} {'best /s':>8s}")
+    for name, fn in rows:
+        best, med, cpu = _time(fn, args.pairs, args.repeats)
+        print(f"{name:36s} {best * 1e3:8.1f} {med * 1e3:10.1f} {cpu * 1e3:7.1f} {1 / best:8.1f}")
+    for preset in [p for p in args.presets.split(",") if p]:
+        out = tmp / preset
+        t0 = time.perf_counter()
+        m = generate(out, preset=preset, progress=False)
+        dt = time.perf_counter() - t0
+        n = sum(m["counts"].values())
+        print(f"preset {preset}: {n} scenes at {m['size'][0]}x{m['size'][1]} written in {dt:.1f} s "
+              f"({n / dt:.1f} scenes/s, 1 process)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,319 @@
+"""Measured properties of the synthetic day/night benchmark (issue 3), printed as Markdown.
+
+1. Class pixel frequencies of the labelled day scenes vs the Cityscapes frequencies (KL divergence,
+   every class present), and of the labelled night scenes vs the 87 real BDD100K night label maps in
+   ../shared/realdata/bdd100k_night (per-class frequency and vertical position profile).
+2. Exposure: histograms of HSV V = max(R,G,B) over 10 bins, day vs night (as seed 001, Fig. 4), next to
+   the real frames of ../shared/realdata/README.md; where over-exposed night pixels come from (light
+   sources vs sky).
+3. Day/night pairs: static-class agreement after undoing the camera offset; dynamic objects differ.
+4. Invalid (too dark) share of the labelled night val frames.
+
+Everything is generated in memory with the Python API (same scenes as `nightseg synth --seed`).
+
+    .venv/bin/python bench/synthetic_stats.py [--n 300] [--size 128x256] [--seed 0] [--json stats.json]
+        [--figures docs/images]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from nightseg.classes import CLASS_NAMES, DYNAMIC_CLASSES, NUM_CLASSES, STATIC_CLASSES, colorize
+from nightseg.data.synthetic import make_sample
+
+REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
+CITYSCAPES_FREQ = np.array([0.3687, 0.0608, 0.2282, 0.0066, 0.0088, 0.0123, 0.0021, 0.0055, 0.1593, 0.0116, 0.0402,
+                            0.0122, 0.0014, 0.0699, 0.0027, 0.0024, 0.0023, 0.0010, 0.0041])
+"""Cityscapes class pixel frequencies (trainId order) as used by DANNet, from ../shared/realdata/README.md."""
+REAL_EXPOSURE = {  # ../shared/realdata/README.md: mean V and % of pixels per V bin
+    "Dark Zurich night GP010375_000036": (0.329, [9.3, 16.4, 34.7, 15.9, 7.1, 5.4, 2.2, 1.6, 1.2, 6.3]),
+    "BDD100K night sample": (0.224, [14.8, 43.1, 23.1, 8.9, 4.0, 1.8, 1.1, 0.7, 0.7, 1.8]),
+    "Dark Zurich day GOPR0374_000801": (0.413, [1.5, 6.8, 39.6, 16.0, 12.6, 5.5, 2.6, 1.9, 1.5, 12.0]),
+    "Cityscapes val frankfurt_000294": (0.379, [2.5, 27.0, 15.2, 10.9, 24.6, 8.0, 2.1, 1.1, 1.5, 7.0]),
+    "Cityscapes val frankfurt_000576": (0.370, [5.9, 14.6, 32.2, 22.8, 3.4, 3.3, 1.9, 3.1, 6.6, 6.3]),
+}
+ROW_BINS = 10
+
+
+def kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-6) -> float:
+    """KL(p || q) in nats over the classes where p > 0 (q floored at eps)."""
+    p = p / p.sum()
+    q = q / q.sum()
+    m = p > 0
+    return float(np.sum(p[m] * np.log(p[m] / np.maximum(q[m], eps))))
+
+
+def v_hist(img: np.ndarray) -> np.ndarray:
+    """Share of pixels in 10 equal bins of HSV V = max(R,G,B)/255."""
+    v = img.max(axis=2).astype(np.int32)
+    return np.bincount(np.minimum(v * ROW_BINS // 255, ROW_BINS - 1).ravel(), minlength=ROW_BINS) / v.size
+
+
+class LabelStats:
+    """Per-class pixel counts and per-class counts by image row bin (vertical position profile)."""
+
+    def __init__(self) -> None:
+        self.pixels = np.zeros(NUM_CLASSES)
+        self.rows = np.zeros((NUM_CLASSES, ROW_BINS))
+        self.images_with = np.zeros(NUM_CLASSES)
+        self.n = 0
+
+    def add(self, train_ids: np.ndarray) -> None:
+        h = train_ids.shape[0]
+        rb = np.minimum(np.arange(h) * ROW_BINS // h, ROW_BINS - 1)
+        t = train_ids.astype(np.int64)
+        valid = t < NUM_CLASSES
+        idx = (t * ROW_BINS + rb[:, None])[valid]
+        c = np.bincount(idx, minlength=NUM_CLASSES * ROW_BINS).reshape(NUM_CLASSES, ROW_BINS)
+        self.rows += c
+        self.pixels += c.sum(axis=1)
+        self.images_with += c.sum(axis=1) > 0
+        self.n += 1
+
+    def freq(self) -> np.ndarray:
+        return self.pixels / max(self.pixels.sum(), 1)
+
+    def profile(self) -> np.ndarray:
+        """Per class, the share of its pixels in each of 10 row bins (top to bottom)."""
+        return self.rows / np.maximum(self.rows.sum(axis=1, keepdims=True), 1)
+
+    def mean_row(self) -> np.ndarray:
+        centers = (np.arange(ROW_BINS) + 0.5) / ROW_BINS
+        return (self.profile() * centers).sum(axis=1)
+
+
+def undo_offset(day, night, labels: np.ndarray) -> np.ndarray:
+    """Warp a day-frame map into the night frame by undoing the pair's zoom and principal-point shift."""
+    cd, cn = day.camera, night.camera
+    k = cd.f / cn.f
+    m = np.array([[k, 0, cd.cx - k * cn.cx], [0, k, cd.cy - k * cn.cy]])
+    h, w = labels.shape
+    return cv2.warpAffine(labels, m, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=255)
+
+
+def measure(n: int, size: tuple[int, int], seed: int) -> tuple[dict, dict]:
+    """Generate the scenes and return (numbers, examples for figures)."""
+    day_lab, night_lab = LabelStats(), LabelStats()
+    hist = {"day": np.zeros(ROW_BINS), "night": np.zeros(ROW_BINS)}
+    meanv = {"day": [], "night": []}
+    over = {"day": np.zeros(3), "night": np.zeros(3)}  # V>=0.9 pixels: total, sky, near a light source
+    agree, agree_raw, dyn_iou, dyn_changed = [], [], [], []
+    invalid = []
+    examples: dict[str, list] = {"pairs": [], "cityscapes": [], "night_val": [], "nightcity": []}
+    n_pairs = max(n // 3, 10)
+    for i in range(n):
+        s = make_sample("train", i, seed, size)
+        day_lab.add(s.frame.train_ids)
+        if i < 3:
+            examples["cityscapes"].append(s.frame)
+    for i in range(n):
+        s = make_sample("night_train", i, seed, size)
+        night_lab.add(s.frame.train_ids)
+        if i < 3:
+            examples["nightcity"].append(s.frame)
+    kernel = np.ones((5, 5), np.uint8)
+    for i in range(n_pairs):
+        s = make_sample("pairs", i, seed, size)
+        d, nt = s.day, s.night
+        for key, f in (("day", d), ("night", nt)):
+            hist[key] += v_hist(f.image)
+            meanv[key].append(f.image.max(axis=2).mean() / 255)
+            o = f.image.max(axis=2) >= 230
+            over[key][0] += o.sum()
+            over[key][1] += (o & (f.train_ids == 10)).sum()
+            if f.sources is not None:
+                near = cv2.dilate(f.sources.astype(np.uint8), kernel, iterations=max(1, size[1] // 128)) > 0
+                over[key][2] += (o & near).sum()
+        warped = undo_offset(d, nt, d.train_ids)
+        both = (warped <= 10) & (nt.train_ids <= 10)
+        agree.append(float((warped[both] == nt.train_ids[both]).mean()))
+        raw = (d.train_ids <= 10) & (nt.train_ids <= 10)
+        agree_raw.append(float((d.train_ids[raw] == nt.train_ids[raw]).mean()))
+        dd = np.isin(warped, DYNAMIC_CLASSES)
+        dn = np.isin(nt.train_ids, DYNAMIC_CLASSES)
+        dyn_iou.append(float((dd & dn).sum() / max((dd | dn).sum(), 1)))
+        dyn_changed.append(float((dd ^ dn).mean()))
+        if i < 4:
+            examples["pairs"].append(s)
+    for i in range(max(n // 6, 10)):
+        s = make_sample("night_val", i, seed, size)
+        invalid.append(float(s.frame.invalid.mean()))
+        if i < 3:
+            examples["night_val"].append(s.frame)
+    bdd = LabelStats()
+    bdd_dir = REALDATA / "bdd100k_night" / "night_labels_train_id"
+    for p in sorted(bdd_dir.rglob("*.png")):
+        bdd.add(np.asarray(Image.open(p)))
+    f_day, f_night = day_lab.freq(), night_lab.freq()
+    res = {
+        "n_scenes": n, "n_pairs": n_pairs, "size": list(size), "seed": seed,
+        "class_freq_day": f_day.tolist(), "class_freq_night": f_night.tolist(),
+        "kl_cityscapes_day": kl(CITYSCAPES_FREQ, f_day), "kl_cityscapes_night": kl(CITYSCAPES_FREQ, f_night),
+        "classes_present_day": int((f_day > 0).sum()), "classes_present_night": int((f_night > 0).sum()),
+        "images_with_class_day": (day_lab.images_with / n).tolist(),
+        "v_hist": {k: (v / n_pairs).tolist() for k, v in hist.items()},
+        "mean_v": {k: float(np.mean(v)) for k, v in meanv.items()},
+        "overexposed": {k: {"share_of_pixels": float(v[0] / (n_pairs * size[0] * size[1])),
+                            "from_sky": float(v[1] / max(v[0], 1)), "near_light_source": float(v[2] / max(v[0], 1))}
+                        for k, v in over.items()},
+        "static_agreement": float(np.mean(agree)), "static_agreement_min": float(np.min(agree)),
+        "static_agreement_raw": float(np.mean(agree_raw)),
+        "dynamic_iou": float(np.mean(dyn_iou)), "dynamic_changed_share": float(np.mean(dyn_changed)),
+        "invalid_share": float(np.mean(invalid)),
+    }
+    if bdd.n:
+        res["bdd"] = {
+            "n_maps": bdd.n, "class_freq": bdd.freq().tolist(),
+            "kl_bdd_synth_night": kl(bdd.freq(), f_night),
+            "mean_row_bdd": bdd.mean_row().tolist(), "mean_row_synth_night": night_lab.mean_row().tolist(),
+            "profile_tv": (0.5 * np.abs(bdd.profile() - night_lab.profile()).sum(axis=1)).tolist(),
+            "profile_bdd": bdd.profile().tolist(), "profile_synth_night": night_lab.profile().tolist(),
+        }
+    return res, examples
+
+
+def report(r: dict) -> str:
+    """Markdown tables of the measured properties."""
+    out = []
+    out.append(f"Scenes: {r['n_scenes']} labelled day + {r['n_scenes']} labelled night + {r['n_pairs']} pairs at "
+               f"{r['size'][0]}x{r['size'][1]}, seed {r['seed']}.\n")
+    out.append(f"**Class frequencies.** KL(Cityscapes || synthetic day) = **{r['kl_cityscapes_day']:.3f} nats** "
+               f"(night: {r['kl_cityscapes_night']:.3f}); classes present: {r['classes_present_day']}/19 by day, "
+               f"{r['classes_present_night']}/19 by night.")
+    if "bdd" in r:
+        out.append(f" KL(BDD100K night || synthetic night) = {r['bdd']['kl_bdd_synth_night']:.3f} nats over "
+                   f"{r['bdd']['n_maps']} real night label maps.")
+    out.append("\n\n| class | Cityscapes | synth day | ratio | images with it | BDD night | synth night | "
+               "mean row BDD | mean row synth | row-profile TV |\n|---|---|---|---|---|---|---|---|---|---|")
+    for k in range(NUM_CLASSES):
+        p, q = CITYSCAPES_FREQ[k] / CITYSCAPES_FREQ.sum(), r["class_freq_day"][k]
+        row = f"\n| {CLASS_NAMES[k]} | {100 * p:.2f} % | {100 * q:.2f} % | {q / p:.2f} | " \
+              f"{100 * r['images_with_class_day'][k]:.0f} % |"
+        if "bdd" in r:
+            b = r["bdd"]
+            row += (f" {100 * b['class_freq'][k]:.2f} % | {100 * r['class_freq_night'][k]:.2f} % | "
+                    f"{b['mean_row_bdd'][k]:.2f} | {b['mean_row_synth_night'][k]:.2f} | {b['profile_tv'][k]:.2f} |")
+        else:
+            row += " - | - | - | - | - |"
+        out.append(row)
+    out.append("\n\nMean row: 0 = top of the frame, 1 = bottom. Row-profile TV: total-variation distance between "
+               "the class's distributions over 10 row bins (0 = same place in the frame, 1 = disjoint).\n")
+    out.append("\n**Exposure** (% of pixels per HSV V bin):\n\n| frame | mean V | " +
+               " | ".join(f"[{b / 10:.1f},{(b + 1) / 10:.1f})" for b in range(ROW_BINS)) + " |\n|---|---|" +
+               "---|" * ROW_BINS)
+    for key in ("night", "day"):
+        out.append(f"\n| **synthetic {key}** (mean of {r['n_pairs']}) | {r['mean_v'][key]:.3f} | " +
+                   " | ".join(f"{100 * v:.1f}" for v in r["v_hist"][key]) + " |")
+    for name, (mv, hh) in REAL_EXPOSURE.items():
+        out.append(f"\n| real: {name} | {mv:.3f} | " + " | ".join(f"{v:.1f}" for v in hh) + " |")
+    od, on = r["overexposed"]["day"], r["overexposed"]["night"]
+    out.append(f"\n\nOver-exposed pixels (V >= 0.9): day {100 * od['share_of_pixels']:.1f} % of the frame, "
+               f"{100 * od['from_sky']:.0f} % of them sky; night {100 * on['share_of_pixels']:.1f} %, "
+               f"{100 * on['from_sky']:.1f} % sky and {100 * on['near_light_source']:.0f} % on or next to a light "
+               "source (lamp, head/tail light, traffic light, lit window or shop front).\n")
+    out.append(f"\n**Pairs.** Static-class agreement after undoing the offset: **{100 * r['static_agreement']:.1f} %** "
+               f"(worst pair {100 * r['static_agreement_min']:.1f} %; {100 * r['static_agreement_raw']:.1f} % without "
+               f"undoing it). Dynamic objects differ: IoU of the day and night dynamic-class masks "
+               f"{r['dynamic_iou']:.2f}, {100 * r['dynamic_changed_share']:.1f} % of pixels change dynamic/non-dynamic.\n")
+    out.append(f"\n**Invalid** (too dark, `_gt_invIds` = 1) share of labelled night val pixels: "
+               f"{100 * r['invalid_share']:.1f} %.\n")
+    return "".join(out)
+
+
+def _save_png(path: Path, img: np.ndarray) -> None:
+    """Small PNG for the docs: 256-colour palette."""
+    Image.fromarray(img).quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        path, optimize=True)
+
+
+def figures(ex: dict, r: dict, folder: Path) -> list[Path]:
+    """Picture grids (pairs with labels, the three datasets) and the exposure / position plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    rows = [np.concatenate([s.day.image, colorize(s.day.train_ids), s.night.image, colorize(s.night.train_ids)], 1)
+            for s in ex["pairs"]]
+    p = folder / "synthetic_pairs.png"
+    _save_png(p, np.concatenate(rows, 0))
+    written.append(p)
+    tiles = []
+    for f in ex["night_val"]:
+        inv = f.image.copy()
+        inv[f.invalid] = (inv[f.invalid] * 0.3 + np.array([255, 0, 255]) * 0.7).astype(np.uint8)
+        tiles.append(np.concatenate([f.image, colorize(f.train_ids), inv], 1))
+    p = folder / "synthetic_night_val.png"
+    _save_png(p, np.concatenate(tiles, 0))
+    written.append(p)
+    tiles = [np.concatenate([a.image, colorize(a.train_ids), b.image, colorize(b.train_ids)], 1)
+             for a, b in zip(ex["cityscapes"], ex["nightcity"])]
+    p = folder / "synthetic_cityscapes_nightcity.png"
+    _save_png(p, np.concatenate(tiles, 0))
+    written.append(p)
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.2))
+    x = np.arange(ROW_BINS)
+    names = list(REAL_EXPOSURE)
+    for j, (key, real) in enumerate((("night", names[:2]), ("day", names[2:]))):
+        ax[j].bar(x, 100 * np.array(r["v_hist"][key]), color="tab:blue" if key == "day" else "midnightblue",
+                  alpha=0.7, label=f"synthetic {key}")
+        for nm in real:
+            ax[j].plot(x, REAL_EXPOSURE[nm][1], marker="o", label=f"real: {nm}")
+        ax[j].set_xticks(x, [f"{b / 10:.1f}" for b in range(ROW_BINS)])
+        ax[j].set_xlabel("HSV V bin (lower edge)")
+        ax[j].set_ylabel("% of pixels")
+        ax[j].legend(fontsize=7)
+    fig.tight_layout()
+    p = folder / "synthetic_exposure.png"
+    fig.savefig(p, dpi=90)
+    plt.close(fig)
+    written.append(p)
+    if "bdd" in r:
+        fig, ax = plt.subplots(1, 1, figsize=(10, 3.2))
+        k = np.arange(NUM_CLASSES)
+        ax.scatter(k, r["bdd"]["mean_row_bdd"], label="real BDD100K night (87 maps)", marker="o")
+        ax.scatter(k, r["bdd"]["mean_row_synth_night"], label="synthetic night", marker="x")
+        ax.set_xticks(k, CLASS_NAMES, rotation=60, fontsize=7)
+        ax.set_ylabel("mean row (0 top, 1 bottom)")
+        ax.invert_yaxis()
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        p = folder / "synthetic_rows.png"
+        fig.savefig(p, dpi=90)
+        plt.close(fig)
+        written.append(p)
+    return written
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=300, help="labelled day and night scenes (pairs: n/3)")
+    ap.add_argument("--size", default="128x256")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, help="also write the numbers as JSON")
+    ap.add_argument("--figures", type=Path, help="write the picture grids and plots into this folder")
+    args = ap.parse_args()
+    h, w = (int(v) for v in args.size.lower().split("x"))
+    t0 = time.perf_counter()
+    r, ex = measure(args.n, (h, w), args.seed)
+    print(report(r))
+    print(f"(measured in {time.perf_counter() - t0:.0f} s; static classes {list(STATIC_CLASSES)})")
+    if args.json:
+        args.json.write_text(json.dumps(r, indent=1))
+    if args.figures:
+        for p in figures(ex, r, args.figures):
+            print(f"wrote {p} ({p.stat().st_size // 1024} KB)")
+
+
+if __name__ == "__main__":
+    main()
