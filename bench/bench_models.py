@@ -17,6 +17,7 @@ Sections:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -39,7 +40,10 @@ def count_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 def time_forward(model: torch.nn.Module, x: torch.Tensor, repeats: int, mode: str) -> float:
-    """Return the median forward time (s) over `repeats` runs under no_grad or inference_mode."""
+    """Return the fastest forward time (s) of `repeats` runs under no_grad or inference_mode.
+
+    The minimum, not the median: on a shared machine it is the run least disturbed by other processes.
+    """
     context = torch.inference_mode if mode == "inference_mode" else torch.no_grad
     times = []
     with context():
@@ -47,7 +51,7 @@ def time_forward(model: torch.nn.Module, x: torch.Tensor, repeats: int, mode: st
             start = time.perf_counter()
             model(x)
             times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 def bench_model(name: str, height: int, width: int, repeats: int | None) -> dict:
@@ -66,7 +70,7 @@ def bench_model(name: str, height: int, width: int, repeats: int | None) -> dict
         "+fused_bn": (fused, False, "inference_mode"),
         "+both": (fused, True, "inference_mode"),
     }
-    row = {"name": name, "params_m": params / 1e6, "gflops": gflops, "repeats": n}
+    row = {"name": name, "params_m": params / 1e6, "gflops": gflops, "repeats": n, "load": os.getloadavg()[0]}
     for label, (net, channels_last, mode) in settings.items():
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         net = net.to(memory_format=fmt)
@@ -90,33 +94,43 @@ def models_table(names: list[str], height: int, width: int, repeats: int | None)
         print(
             f"| {name} | {r['params_m']:.2f} | {r['gflops']:.1f} | {r['no_grad']:.3f} | {r['inference_mode']:.3f} | "
             f"{r['+channels_last']:.3f} | {r['+fused_bn']:.3f} | {r['+both']:.3f} | "
-            f"{(1 - best / r['no_grad']) * 100:+.0f}% | {r['repeats']} |",
+            f"{(1 - best / r['no_grad']) * 100:+.0f}% | {r['repeats']} | {r['load']:.1f} |",
             flush=True,
         )
 
 
 def train_step_table(
-    names: list[str], batch: int = 4, height: int = 128, width: int = 256, steps: int = 5
+    names: list[str], batch: int = 4, height: int = 128, width: int = 256, steps: int = 8
 ) -> None:
-    print(f"\n| model | train step (s), batch {batch} at {width}x{height} | steps/min |")
-    print("|---|---|---|")
+    """Print wall time (median, min) and CPU time / threads of one SGD step per model."""
+    threads = torch.get_num_threads()
+    print(
+        f"\n| model | params (M) | step wall median (s) | step wall min (s) | step CPU time / {threads} threads (s) "
+        f"| load avg |  (batch {batch}, {width}x{height}, SGD + cross entropy)"
+    )
+    print("|---|---|---|---|---|---|")
     for name in names:
         torch.manual_seed(0)
         model = build_segmenter(name).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         x = torch.rand(batch, 3, height, width)
         y = torch.randint(0, 19, (batch, height, width))
-        times = []
+        walls, cpus = [], []
         for step in range(steps + 2):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             loss = torch.nn.functional.cross_entropy(model(x), y, ignore_index=255)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             if step >= 2:
-                times.append(time.perf_counter() - start)
-        t = statistics.median(times)
-        print(f"| {name} | {t:.3f} | {60 / t:.0f} |", flush=True)
+                walls.append(time.perf_counter() - start)
+                cpus.append(time.process_time() - cpu)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        print(
+            f"| {name} | {params:.2f} | {statistics.median(walls):.3f} | {min(walls):.3f} | "
+            f"{statistics.median(cpus) / threads:.3f} | {os.getloadavg()[0]:.1f} |",
+            flush=True,
+        )
 
 
 CROSS_ATTENTION_CASE = """

@@ -102,7 +102,7 @@ def tiny_recipe(**train) -> dict:
         "model": {"name": "test_engine:tiny_model"},
         "optim": {"lr": 0.2},
         "train": {"max_steps": 8, "val_every": 4, "state_every": 2, "log_every": 1, "num_images": 2,
-                  "accelerator": "cpu", "progress": False, **train},
+                  "accelerator": "cpu", "progress": False, "cpu_threads": 1, **train},
     }
 
 
@@ -286,11 +286,17 @@ def test_train_writes_run_folder_and_learns(tmp_path):
 
     with pytest.raises(UserError, match="pass --resume"):
         train(cfg, run)
+    # resuming with a different recipe is refused; run-time keys may change
+    changed = config_from_dict(tiny_recipe(max_steps=12, val_every=6, state_every=6) | {"optim": {"lr": 0.1}})
+    with pytest.raises(UserError, match=r"config.yaml: the config given differs from the run's at optim.lr"):
+        train(changed, run, resume=True)
+    done = train(config_from_dict(tiny_recipe(max_steps=12, val_every=6, state_every=6, log_every=3)), run, resume=True)
+    assert done["finished"] and done["step"] == 12 and done["history"] == metrics["history"]  # nothing left to do
 
 
-def test_kill_and_resume_gives_identical_weights(tmp_path):
+def test_kill_and_resume_gives_identical_weights(tmp_path, run_cli):
     """Uninterrupted run vs. a subprocess SIGKILLed mid-run (after its step-4 state) and resumed."""
-    from nightseg.config import config_from_dict, load_config
+    from nightseg.config import config_from_dict
     from nightseg.engine import train
 
     recipe = tiny_recipe()
@@ -308,7 +314,9 @@ def test_kill_and_resume_gives_identical_weights(tmp_path):
     assert state["step"] == 4  # the state of step 4 survived the kill; steps after it are lost
     assert not (killed / "metrics.json").read_text().count('"finished": true')
 
-    metrics_b = train(load_config(config), killed, resume=True)
+    result = run_cli("train", "--out", killed, "--resume")  # the run's own config.yaml
+    assert result.code == 0, result.err
+    metrics_b = json.loads((killed / "metrics.json").read_text())
     assert metrics_b["finished"] and metrics_b["step"] == 8
     same_tensors(weights(straight), weights(killed))
     assert metrics_b["val"]["mIoU"] == metrics_a["val"]["mIoU"]
@@ -390,3 +398,8 @@ def test_cli_train_bad_config_exits_2_naming_the_file(tmp_path, run_cli):
     good = write_recipe(tmp_path, tiny_recipe(), "good.yaml")
     result = run_cli("train", "--config", good, "train.max_step=3")
     assert result.code == 2 and "train.max_step=3" in result.err and "max_steps" in result.err
+    missing = tmp_path / "no_data"
+    result = run_cli("train", "--config", good, f"data.root={missing}", "data.source.dataset=cityscapes",
+                     "--out", tmp_path / "run2")
+    assert result.code == 2 and f"{missing}/cityscapes" in result.err
+    assert not (tmp_path / "run2").exists()  # nothing is written before the data is found

@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("data", "check a dataset copy: counts, unmatched files, label values, sizes"),
     "train": ("train", "train a model from a YAML recipe"),
     "synth": ("synth", "generate the synthetic day/night street-scene benchmark"),
+    "predict": ("predict", "segment images, folders, globs and videos with a checkpoint"),
+    "evaluate": ("evaluate", "score a checkpoint on a dataset split (report + plots)"),
+    "submit": ("submit", "pack predictions into a benchmark submission zip"),
+    "export": ("export", "export a checkpoint to ONNX (checked against PyTorch)"),
 }
 
 log = logging.getLogger("nightseg")

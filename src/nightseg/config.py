@@ -140,6 +140,9 @@ class TrainConfig:
     deterministic: bool | str = "auto"
     """``auto``: deterministic algorithms on the CPU only (several CUDA kernels have no deterministic form)."""
     progress: bool = True
+    cpu_threads: int | None = None
+    """torch CPU threads (``null``: torch's default, one per core). On a busy shared machine 1 is often
+    faster; a resumed run reproduces the uninterrupted one exactly only with the same thread count."""
 
 
 @dataclass
@@ -460,6 +463,8 @@ def _check_values(cfg: Config, source: str) -> None:
     for key, value in non_negative.items():
         if value < 0:
             raise UserError(f"{source}: '{key}' must be >= 0, got {value}")
+    if cfg.train.cpu_threads is not None and cfg.train.cpu_threads < 1:
+        raise UserError(f"{source}: 'train.cpu_threads' must be at least 1 or null, got {cfg.train.cpu_threads}")
     if cfg.train.log_every < 1:
         raise UserError(f"{source}: 'train.log_every' must be at least 1, got {cfg.train.log_every}")
     if isinstance(cfg.train.devices, str) and cfg.train.devices != "auto":

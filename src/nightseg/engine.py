@@ -63,6 +63,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import cv2
 import lightning as L
 import numpy as np
 import torch
@@ -86,7 +87,7 @@ log = logging.getLogger("nightseg.train")
 
 STREAMS = ("source", "target")
 RESUME_MAY_CHANGE = ("train.max_steps", "train.progress", "train.log_every", "train.val_every",
-                     "train.state_every", "train.num_images", "data.workers", "data.root",
+                     "train.state_every", "train.num_images", "train.cpu_threads", "data.workers", "data.root",
                      "data.source.root", "data.target.root", "data.val.root")
 """Keys that may differ between a run's saved config.yaml and the config given with --resume."""
 
@@ -422,8 +423,8 @@ class SegmentationModule(L.LightningModule):
         if keep > 0 and self.trainer.is_global_zero:
             for i in range(min(keep, image.shape[0])):
                 rgb = (image[i].float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-                self._val_samples.append((rgb, pred[i].to(torch.uint8).cpu().numpy(),
-                                          label[i].to(torch.uint8).cpu().numpy()))
+                self._val_samples.append(_thumbnail(rgb, pred[i].to(torch.uint8).cpu().numpy(),
+                                                    label[i].to(torch.uint8).cpu().numpy()))
 
     def on_validation_epoch_end(self) -> None:
         confusion = self._val_confusion.all_reduce()
@@ -442,8 +443,8 @@ class SegmentationModule(L.LightningModule):
         self.log("val/mIoU", _finite(scores["mIoU"]), sync_dist=False)
         self.log("val/mEF1", _finite(exposure["mEF1"]), sync_dist=False)
         self.log("val/pixel_accuracy", _finite(scores["pixel_accuracy"]), sync_dist=False)
-        for name, iou in per_class.items():
-            self.log(f"val/iou/{name.replace(' ', '_')}", _finite(iou), sync_dist=False)
+        for name, iou in per_class.items():  # NaN: the class is in neither ground truth nor prediction
+            self.log(f"val/iou/{name.replace(' ', '_')}", float(iou), sync_dist=False)
         if self.trainer.is_global_zero and self._val_samples and not self.trainer.sanity_checking:
             self._write_samples()
 
@@ -459,8 +460,19 @@ class SegmentationModule(L.LightningModule):
                 logger.experiment.add_image("val/input|prediction|ground_truth", grid, step, dataformats="HWC")
 
 
+def _thumbnail(rgb: np.ndarray, pred: np.ndarray, label: np.ndarray, height: int = 256) -> tuple[np.ndarray, ...]:
+    """Return the image (area-resampled) and the two label maps (nearest) scaled to at most `height` rows."""
+    h, w = label.shape
+    if h <= height:
+        return rgb, pred, label
+    size = (max(1, round(w * height / h)), height)
+    return (cv2.resize(rgb, size, interpolation=cv2.INTER_AREA),
+            cv2.resize(pred, size, interpolation=cv2.INTER_NEAREST),
+            cv2.resize(label, size, interpolation=cv2.INTER_NEAREST))
+
+
 def _finite(value: float) -> float:
-    """NaN scores (nothing labelled) are logged as 0 so that loggers and progress bars stay readable."""
+    """A NaN summary score (nothing labelled) is logged as 0 so that loggers and progress bars stay readable."""
     return 0.0 if value is None or math.isnan(value) else float(value)
 
 
@@ -781,14 +793,18 @@ def env_rank() -> int:
 
 
 @contextlib.contextmanager
-def _determinism(enabled: bool | str) -> Iterator[None]:
+def _determinism(enabled: bool | str, threads: int | None) -> Iterator[None]:
     previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    previous_threads = torch.get_num_threads()
     if enabled:
         torch.use_deterministic_algorithms(True, warn_only=enabled == "warn")
+    if threads:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.set_num_threads(previous_threads)
 
 
 @contextlib.contextmanager
@@ -839,15 +855,16 @@ def train(cfg: Config, run_dir: str | os.PathLike, resume: bool = False,
     has ``finished`` False when SIGTERM / Ctrl-C stopped the run early (the state is saved).
     """
     run, ckpt_path = prepare_run(cfg, run_dir, resume)
-    if env_rank() == 0:
-        run.root.mkdir(parents=True, exist_ok=True)
-        with atomic_path(run.config) as tmp:
-            tmp.write_text(dump_config(cfg))
     dev = resolve_devices(cfg)
-    with _quiet_lightning(), _determinism(dev["deterministic"]):
+    with _quiet_lightning(), _determinism(dev["deterministic"], cfg.train.cpu_threads):
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        module = build_module(cfg)
         data = StreamData(cfg)
+        data.setup("fit")  # bad data roots fail here, before anything is written
+        module = build_module(cfg)
+        if env_rank() == 0:
+            run.root.mkdir(parents=True, exist_ok=True)
+            with atomic_path(run.config) as tmp:
+                tmp.write_text(dump_config(cfg))
         trainer, run_callback = build_trainer(cfg, run, callbacks)
         if ckpt_path is not None:
             log.info("resuming %s from step %d", run.root, state_step(run.state))

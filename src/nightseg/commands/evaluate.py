@@ -1,0 +1,154 @@
+"""`nightseg evaluate CKPT --dataset NAME --root DIR [--split val] [--out DIR]`: score a checkpoint on a dataset.
+
+Runs the model over every sample of the split (the dataset loaders of `nightseg.data`, full resolution)
+and reports mIoU and per-class IoU over all labelled pixels, mEF1 and IoU per exposure bin (seed 001),
+and, where the dataset has invalid masks (Dark Zurich val, ACDC), the uncertainty-aware mUIoU of the
+Dark Zurich benchmark (pixels whose confidence is below ``--invalid-threshold`` declared invalid), its
+average over confidence thresholds and the mIoU over valid pixels only. Writes ``report.md``,
+``report.json`` and plots (per-class IoU, exposure curve, confusion matrix) into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from nightseg.classes import NUM_CLASSES
+from nightseg.commands.predict import add_inference_options, build_segmenter_from_args
+from nightseg.errors import UserError
+from nightseg.evaluation.exposure import DEFAULT_AVERAGE, ExposureConfusion, exposure_scores
+from nightseg.evaluation.folder_eval import _json_safe, _prefetch
+from nightseg.evaluation.metrics import AVERAGES, segmentation_scores
+from nightseg.evaluation.report import write_report
+from nightseg.evaluation.uncertainty import UncertaintyConfusion
+from nightseg.inference import Segmenter
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """Add the `evaluate` command."""
+    p = subparsers.add_parser("evaluate", parents=[common], help="score a checkpoint on a dataset split (report + plots)")
+    p.add_argument("checkpoint", type=Path, metavar="CKPT", help="model .safetensors (with its .json) or exported .onnx")
+    p.add_argument("--dataset", required=True, help="dataset name (see `nightseg data`), e.g. dark_zurich, acdc, cityscapes")
+    p.add_argument("--root", type=Path, required=True, help="dataset root folder")
+    p.add_argument("--split", default="val", help="split to score (default val)")
+    p.add_argument("--out", type=Path, help="report folder (default: eval_<dataset>_<split> beside the checkpoint)")
+    p.add_argument("--limit", type=int, help="score only the first N samples")
+    p.add_argument("--ef1-average", choices=AVERAGES, default=DEFAULT_AVERAGE, help="precision/recall averaging of EF1")
+    add_inference_options(p)
+    p.set_defaults(func=run)
+
+
+def evaluate_dataset(
+    segmenter: Segmenter,
+    dataset: Any,
+    invalid_threshold: float = 0.5,
+    average: str = DEFAULT_AVERAGE,
+    limit: int | None = None,
+    skip_bad: bool = False,
+    workers: int = 2,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Return the JSON-safe scores of `segmenter` on a `nightseg.data` dataset (see the module docstring).
+
+    Keys: the `segmentation_scores` keys over all labelled pixels, ``exposure`` (`exposure_scores`),
+    ``confusion_matrix``, ``num_images``, ``skipped`` and, with invalid masks, ``uncertainty``:
+    ``{"threshold", "mUIoU", "average_mUIoU", "mIoU_valid", "invalid_share", "per_class", "curve"}``.
+    """
+    from nightseg.data.common import to_contract
+
+    if segmenter.num_classes != NUM_CLASSES:
+        raise UserError(f"the model predicts {segmenter.num_classes} classes; {type(dataset).__name__} is scored on the "
+                        f"{NUM_CLASSES} Cityscapes classes")
+    if not getattr(dataset, "listing", None) or not dataset.listing.labelled:
+        raise UserError(f"{getattr(dataset, 'root', dataset)}: this split has no labels to score against")
+    count = len(dataset) if limit is None else min(limit, len(dataset))
+    exposure = ExposureConfusion(NUM_CLASSES)
+    uncertainty = UncertaintyConfusion(NUM_CLASSES)
+    has_invalid = False
+    skipped: list[str] = []
+
+    def load(index: int) -> tuple[dict[str, Any] | None, UserError | None]:
+        try:
+            return to_contract(dataset.apply_transform(dataset.load(index))), None
+        except UserError as exc:
+            return None, exc
+
+    for sample, error in tqdm(_prefetch(load, range(count), workers), total=count, desc="evaluate", unit="img",
+                              disable=None if progress else True, dynamic_ncols=True):
+        if error is not None:
+            if not skip_bad:
+                raise error
+            skipped.append(str(error))
+            continue
+        assert sample is not None
+        pred = segmenter.predict_batch([sample["image"]], return_confidence=True)[0]
+        labels = torch.from_numpy(pred.labels)
+        target = sample["label"]
+        exposure.update(labels, target, sample["image"])
+        if "invalid" in sample:
+            has_invalid = True
+            uncertainty.update(labels, target, sample["invalid"], torch.from_numpy(pred.confidence))
+    processed = count - len(skipped)
+    if processed == 0:
+        raise UserError(f"{getattr(dataset, 'root', '')}: no sample could be scored")
+    total = exposure.total()
+    results: dict[str, Any] = {"num_images": processed, "skipped": len(skipped)}
+    results.update(segmentation_scores(total))
+    results["exposure"] = exposure_scores(exposure, average)  # type: ignore[arg-type]
+    results["confusion_matrix"] = total.counts.tolist()
+    if has_invalid:
+        at = uncertainty.scores(invalid_threshold)
+        valid_only = segmentation_scores(uncertainty.counts_at(0.0)[0])
+        results["uncertainty"] = {
+            "threshold": invalid_threshold,
+            "mUIoU": at["mUIoU"],
+            "average_mUIoU": uncertainty.average_uiou(),
+            "mIoU_valid": valid_only["mIoU"],
+            "invalid_share": at["invalid_share"],
+            "true_invalid": at["true_invalid"],
+            "false_invalid": at["false_invalid"],
+            "per_class": at["per_class"],
+            "curve": uncertainty.curve(),
+        }
+    return _json_safe(results)
+
+
+def _grid_threshold(value: float) -> float:
+    if not 0.0 <= value < 1.0 or abs(value * 100 - round(value * 100)) > 1e-9:
+        raise UserError(f"--invalid-threshold {value}: evaluate scores thresholds 0, 0.01, ..., 0.99")
+    return round(value, 2)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`nightseg evaluate`: see the module docstring."""
+    from nightseg.data import build_dataset
+
+    threshold = _grid_threshold(args.invalid_threshold)
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit}: must be at least 1")
+    dataset = build_dataset(args.dataset, args.root, args.split, skip_bad=args.skip_bad)
+    segmenter = build_segmenter_from_args(args)
+    start = time.perf_counter()
+    results = evaluate_dataset(segmenter, dataset, threshold, args.ef1_average, args.limit, args.skip_bad, args.workers)
+    settings = {"backend": segmenter.backend, "sliding": args.sliding, "tta": args.tta or "none",
+                "relight": "off" if args.no_relight else (args.relight or "checkpoint"), "seconds": round(time.perf_counter() - start, 1)}
+    results = {"checkpoint": str(args.checkpoint), "dataset": args.dataset, "root": str(args.root), "split": args.split,
+               "settings": settings, **results}
+    out = args.out or args.checkpoint.parent / f"eval_{args.dataset}_{args.split}"
+    paths = write_report(results, out, title=f"{args.checkpoint.name} on {args.dataset} {args.split}")
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.2f}"
+
+    line = f"mIoU {pct(results['mIoU'])} | mEF1 {pct(results['exposure']['mEF1'])}"
+    if "uncertainty" in results:
+        u = results["uncertainty"]
+        line += f" | mUIoU@{u['threshold']} {pct(u['mUIoU'])} | avg mUIoU {pct(u['average_mUIoU'])}"
+    print(f"{line} ({results['num_images']} images)")
+    print(f"report: {paths['markdown']}")
+    return 0

@@ -1,0 +1,403 @@
+"""`nightseg predict CKPT INPUT... --out DIR`: segment images, folders, glob patterns and videos.
+
+For each image ``<stem>`` it writes ``<stem>_labelTrainIds.png`` (trainIds, 255 = none),
+``<stem>_color.png`` (Cityscapes colours) and ``<stem>_overlay.png`` (colours blended over the image);
+``--confidence`` adds ``<stem>_confidence.png`` (uint16, 65535 = 1.0) and ``<stem>_labelTrainIds_invalid.png``
+(255 where the confidence is below ``--invalid-threshold``), the extra maps of the Dark Zurich / ACDC
+benchmarks (`nightseg submit`). Folders are searched recursively and their sub-folders kept under --out.
+
+Videos are read frame by frame (OpenCV): ``<stem>/<stem>_<frame>_labelTrainIds.png`` per frame and, with
+``--video-overlay``, ``<stem>_overlay.mp4``. Memory stays constant: decoding runs ahead by a few images in
+threads, writing happens in threads behind the model with a bounded queue.
+
+Every file is written atomically; a rerun skips inputs whose outputs all exist (a video's finished frames
+are read back instead of recomputed), so an interrupted run resumes. ``--overwrite`` redoes everything.
+Unreadable inputs stop the run with a one-line error (exit 2), or are skipped and counted with --skip-bad.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from nightseg.errors import UserError
+from nightseg.evaluation.folder_eval import _prefetch
+from nightseg.inference import (
+    BACKENDS,
+    BLENDS,
+    Prediction,
+    Segmenter,
+    SlidingWindow,
+    colorize_labels,
+    overlay,
+    palette_for,
+)
+from nightseg.io import IMAGE_SUFFIXES, atomic_path, read_image, read_label
+from nightseg.video import VideoWriter, is_video, open_video, read_frames
+
+log = logging.getLogger("nightseg")
+
+SUFFIXES = {
+    "labels": "_labelTrainIds.png",
+    "color": "_color.png",
+    "overlay": "_overlay.png",
+    "confidence": "_confidence.png",
+    "invalid": "_labelTrainIds_invalid.png",
+}
+DEFAULT_OUTPUTS = ("labels", "color", "overlay")
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """Add the `predict` command."""
+    p = subparsers.add_parser("predict", parents=[common], help="segment images, folders, globs and videos with a checkpoint")
+    p.add_argument("checkpoint", type=Path, metavar="CKPT", help="model .safetensors (with its .json) or exported .onnx")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders (recursive) or glob patterns")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    add_inference_options(p)
+    p.add_argument("--outputs", default=",".join(DEFAULT_OUTPUTS),
+                   help=f"comma list of {', '.join(SUFFIXES)} (default {','.join(DEFAULT_OUTPUTS)})")
+    p.add_argument("--confidence", action="store_true", help="also write confidence and invalid maps (benchmark submissions)")
+    p.add_argument("--video-overlay", action="store_true", help="write <stem>_overlay.mp4 for each video")
+    p.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs already exist")
+    p.set_defaults(func=run)
+
+
+def add_inference_options(p: argparse.ArgumentParser) -> None:
+    """Add the options that say how the network runs (shared by predict and evaluate)."""
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help="run the network with PyTorch or onnxruntime")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--relight", nargs="?", const=True, default=None, metavar="W",
+                   help="relight with Zero-DCE first: the checkpoint's own net, else $NIGHTSEG_RELIGHT_WEIGHTS, "
+                        "or the weights W (Epoch99.pth / .safetensors); default: only if the checkpoint bundles one")
+    p.add_argument("--no-relight", action="store_true", help="never relight, even if the checkpoint bundles a net")
+    p.add_argument("--sliding", action="store_true", help="sliding-window instead of whole-image inference")
+    p.add_argument("--window", help="sliding window HxW (default 512x512)")
+    p.add_argument("--stride", help="sliding stride HxW (default 2/3 of the window)")
+    p.add_argument("--blend", choices=BLENDS, default="gaussian", help="how overlapping windows are blended")
+    p.add_argument("--tta", metavar="SPEC", help="test-time augmentation, e.g. flip or flip,0.75,1,1.25")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (same-size images)")
+    p.add_argument("--invalid-threshold", type=float, default=0.5,
+                   help="confidence below which a pixel is declared invalid (default 0.5)")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable inputs instead of stopping")
+    p.add_argument("--workers", type=int, default=2, help="threads decoding and writing files (default 2)")
+
+
+# --------------------------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class Item:
+    """One input: its path, the output stem relative to --out, and whether it is a video."""
+
+    src: Path
+    rel: Path
+    video: bool = False
+
+
+def _is_input(path: Path) -> bool:
+    return path.name.lower().endswith(IMAGE_SUFFIXES) or is_video(path)
+
+
+def expand_inputs(inputs: list[str]) -> list[Item]:
+    """Return the images and videos named by files, folders (recursive) and glob patterns, in order."""
+    items: list[Item] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            found = [p for p in sorted(path.rglob("*")) if p.is_file() and not p.name.startswith(".") and _is_input(p)]
+            if not found:
+                raise UserError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) or videos found in this folder")
+            items += [Item(p, p.relative_to(path).with_suffix(""), is_video(p)) for p in found]
+        elif path.is_file():
+            items.append(Item(path, Path(path.stem), is_video(path)))
+        elif glob.has_magic(text):
+            files = [Path(p) for p in sorted(glob.glob(text, recursive=True))]
+            files = [p for p in files if p.is_file() and _is_input(p)]
+            if not files:
+                raise UserError(f"{text}: pattern matches no image or video files")
+            items += [Item(p, Path(p.stem), is_video(p)) for p in files]
+        else:
+            raise UserError(f"{text}: no such file or folder")
+    seen: dict[Path, Path] = {}
+    unique = []
+    for item in items:
+        if item.rel in seen:
+            if seen[item.rel] != item.src:
+                raise UserError(f"{item.src}: has the same output name {item.rel} as {seen[item.rel]}; predict them into different --out folders")
+            continue
+        seen[item.rel] = item.src
+        unique.append(item)
+    return unique
+
+
+def parse_outputs(spec: str, confidence: bool) -> tuple[str, ...]:
+    """Return the output kinds of ``--outputs`` (plus confidence + invalid with ``--confidence``)."""
+    kinds = [k.strip() for k in spec.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in SUFFIXES]
+    if bad or not kinds:
+        raise UserError(f"--outputs {spec}: unknown kind(s) {', '.join(bad) or '(none)'}; expected some of {', '.join(SUFFIXES)}")
+    if confidence:
+        kinds += ["confidence", "invalid"]
+    return tuple(dict.fromkeys(kinds))
+
+
+# --------------------------------------------------------------------------------------------- writing
+def save_png(path: Path, array: np.ndarray, palette: np.ndarray | None = None, compress_level: int = 1) -> Path:
+    """Atomically write a uint8/uint16 array as PNG with fast compression (as `nightseg.io.write_png`)."""
+    img = Image.fromarray(np.ascontiguousarray(array))
+    if palette is not None:
+        img = img.convert("P")
+        flat = np.zeros((256, 3), dtype=np.uint8)
+        flat[: len(palette)] = palette
+        img.putpalette(flat.reshape(-1).tolist())
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG", compress_level=compress_level)
+    return path
+
+
+@dataclass
+class OutputWriter:
+    """Writes the requested maps of each prediction in background threads, at most `max_pending` queued."""
+
+    out: Path
+    kinds: tuple[str, ...]
+    num_classes: int
+    invalid_threshold: float = 0.5
+    workers: int = 2
+    max_pending: int = 8
+    _pool: ThreadPoolExecutor | None = None
+    _pending: deque[Future[None]] = field(default_factory=deque)
+
+    def paths(self, rel: Path) -> dict[str, Path]:
+        """Return ``{kind: path}`` of the outputs of the input with relative stem `rel`."""
+        return {k: self.out / rel.parent / f"{rel.name}{SUFFIXES[k]}" for k in self.kinds}
+
+    def done(self, rel: Path) -> bool:
+        """Return whether every output of `rel` exists (they are written atomically: existing = complete)."""
+        return all(p.is_file() for p in self.paths(rel).values())
+
+    def write_now(self, rel: Path, image: np.ndarray, pred: Prediction) -> None:
+        """Write the outputs of one prediction (in the calling thread)."""
+        paths = self.paths(rel)
+        color = None
+        for kind, path in paths.items():
+            if kind == "labels":
+                save_png(path, pred.labels)
+            elif kind == "color":
+                save_png(path, pred.labels, palette=palette_for(self.num_classes))
+            elif kind == "overlay":
+                color = colorize_labels(pred.labels, self.num_classes) if color is None else color
+                save_png(path, overlay(image, color))
+            elif kind == "confidence":
+                save_png(path, pred.confidence_uint16())
+            elif kind == "invalid":
+                save_png(path, pred.labels_invalid(self.invalid_threshold))
+
+    def submit(self, rel: Path, image: np.ndarray, pred: Prediction) -> None:
+        """Queue the outputs of one prediction; blocks while `max_pending` writes are queued."""
+        if self.workers < 1:
+            self.write_now(rel, image, pred)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="nightseg-write")
+        self._pending.append(self._pool.submit(self.write_now, rel, image, pred))
+        while len(self._pending) > self.max_pending:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        """Wait for every queued write (re-raising the first error) and stop the threads."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def __enter__(self) -> OutputWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------- running
+@dataclass
+class Stats:
+    """What a run did."""
+
+    images: int = 0
+    frames: int = 0
+    skipped_done: int = 0
+    skipped_bad: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _read(item: Item) -> tuple[Item, np.ndarray | None, UserError | None]:
+    try:
+        return item, read_image(item.src), None
+    except UserError as exc:
+        return item, None, exc
+
+
+def _bad(stats: Stats, exc: UserError, skip_bad: bool) -> None:
+    if not skip_bad:
+        raise exc
+    stats.skipped_bad.append(str(exc))
+    log.warning("skipping: %s", exc)
+
+
+def predict_images(
+    segmenter: Segmenter, items: list[Item], writer: OutputWriter, batch_size: int = 1, skip_bad: bool = False,
+    workers: int = 2, progress: bool = True, stats: Stats | None = None,
+) -> Stats:
+    """Predict `items` (images) and write their outputs; decoding runs ahead in `workers` threads."""
+    stats = stats or Stats()
+    need_conf = any(k in writer.kinds for k in ("confidence", "invalid"))
+    bar = tqdm(total=len(items), desc="predict", unit="img", disable=None if progress else True, dynamic_ncols=True)
+    batch: list[tuple[Item, np.ndarray]] = []
+
+    def flush() -> None:
+        preds = segmenter.predict_batch([a for _, a in batch], return_confidence=need_conf)
+        for (item, array), pred in zip(batch, preds):
+            writer.submit(item.rel, array, pred)
+        stats.images += len(batch)
+        bar.update(len(batch))
+        batch.clear()
+
+    for item, array, error in _prefetch(_read, items, workers):
+        if error is not None:
+            _bad(stats, error, skip_bad)
+            bar.update(1)
+            continue
+        assert array is not None
+        if batch and (len(batch) >= batch_size or batch[0][1].shape != array.shape):
+            flush()
+        batch.append((item, array))
+    if batch:
+        flush()
+    bar.close()
+    return stats
+
+
+def _frame_batches(frames: Iterator[np.ndarray], size: int) -> Iterator[list[tuple[int, np.ndarray]]]:
+    batch: list[tuple[int, np.ndarray]] = []
+    for index, frame in enumerate(frames):
+        batch.append((index, frame))
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def predict_video(
+    segmenter: Segmenter, item: Item, writer: OutputWriter, video_overlay: bool, batch_size: int = 1,
+    progress: bool = True, stats: Stats | None = None,
+) -> Stats:
+    """Predict every frame of a video: per-frame label PNGs and, with `video_overlay`, an overlay .mp4.
+
+    Frames whose label PNG exists are read back instead of recomputed. Memory: one batch of frames plus
+    the writer's bounded queue.
+    """
+    stats = stats or Stats()
+    final = writer.out / item.rel.parent / f"{item.rel.name}_overlay.mp4"
+    _, info = open_video(item.src)  # fails early, naming the file, if it cannot be decoded
+    frame_writer = OutputWriter(writer.out / item.rel, tuple(k for k in writer.kinds if k != "overlay") or ("labels",),
+                                writer.num_classes, writer.invalid_threshold, writer.workers, writer.max_pending)
+    video = VideoWriter(final, info.fps, (info.width, info.height)) if video_overlay else None
+    need_conf = any(k in frame_writer.kinds for k in ("confidence", "invalid"))
+    bar = tqdm(total=info.frames or None, desc=item.src.name, unit="frame", disable=None if progress else True,
+               dynamic_ncols=True)
+    try:
+        with frame_writer:
+            for batch in _frame_batches(read_frames(item.src), batch_size):
+                rels = [Path(f"{item.rel.name}_{index:06d}") for index, _ in batch]
+                todo = [k for k, rel in enumerate(rels) if not frame_writer.done(rel)]
+                preds = segmenter.predict_batch([batch[k][1] for k in todo], return_confidence=need_conf) if todo else []
+                by_index = dict(zip(todo, preds))
+                for k, (_, frame) in enumerate(batch):
+                    if k in by_index:
+                        frame_writer.submit(rels[k], frame, by_index[k])
+                        labels = by_index[k].labels
+                    else:
+                        stats.skipped_done += 1
+                        labels = read_label(frame_writer.paths(rels[k])["labels"]) if video is not None else None
+                    if video is not None:
+                        video.write(overlay(frame, colorize_labels(labels, writer.num_classes)))
+                stats.frames += len(batch)
+                bar.update(len(batch))
+        if video is not None:
+            video.close()
+    except BaseException:
+        if video is not None:
+            video.abort()
+        raise
+    finally:
+        bar.close()
+    return stats
+
+
+def build_segmenter_from_args(args: argparse.Namespace) -> Segmenter:
+    """Return the `Segmenter` described by the inference options shared by predict and evaluate."""
+    if args.relight is not None and args.no_relight:
+        raise UserError("--relight and --no-relight: choose one")
+    relight = False if args.no_relight else args.relight
+    sliding = SlidingWindow.parse(args.window, args.stride, args.blend) if args.sliding else None
+    if not args.sliding and (args.window or args.stride):
+        raise UserError("--window/--stride: only used with --sliding")
+    return Segmenter.from_checkpoint(args.checkpoint, device=args.device, relight=relight, tta=args.tta,
+                                     sliding=sliding, backend=args.backend)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`nightseg predict`: see the module docstring."""
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+    if not 0.0 <= args.invalid_threshold <= 1.0:
+        raise UserError(f"--invalid-threshold {args.invalid_threshold}: must be in [0, 1]")
+    kinds = parse_outputs(args.outputs, args.confidence)
+    items = expand_inputs(args.inputs)
+    segmenter = build_segmenter_from_args(args)
+    start = time.perf_counter()
+    stats = Stats()
+    images = [it for it in items if not it.video]
+    videos = [it for it in items if it.video]
+    with OutputWriter(args.out, kinds, segmenter.num_classes, args.invalid_threshold, args.workers) as writer:
+        todo = images if args.overwrite else [it for it in images if not writer.done(it.rel)]
+        stats.skipped_done = len(images) - len(todo)
+        predict_images(segmenter, todo, writer, args.batch_size, args.skip_bad, args.workers, stats=stats)
+    for item in videos:
+        if not args.overwrite and args.video_overlay and (args.out / item.rel.parent / f"{item.rel.name}_overlay.mp4").is_file():
+            stats.skipped_done += 1
+            continue
+        try:
+            writer = OutputWriter(args.out, kinds, segmenter.num_classes, args.invalid_threshold, args.workers)
+            if args.overwrite:
+                for p in (args.out / item.rel).glob("*.png"):
+                    p.unlink()
+            predict_video(segmenter, item, writer, args.video_overlay, args.batch_size, stats=stats)
+        except UserError as exc:
+            _bad(stats, exc, args.skip_bad)
+    stats.seconds = time.perf_counter() - start
+    parts = [f"{stats.images} image(s)"] + ([f"{stats.frames} video frame(s)"] if videos else [])
+    msg = f"predicted {' and '.join(parts)} into {args.out} in {stats.seconds:.1f} s"
+    if stats.skipped_done:
+        msg += f"; {stats.skipped_done} already done (skipped)"
+    if stats.skipped_bad:
+        msg += f"; {len(stats.skipped_bad)} unreadable input(s) skipped"
+    print(msg)
+    return 0
+
+
+__all__ = ["SUFFIXES", "Item", "OutputWriter", "expand_inputs", "predict_images", "predict_video", "save_png"]
