@@ -85,9 +85,9 @@ def bench_model(name: str, height: int, width: int, repeats: int | None) -> dict
 def models_table(names: list[str], height: int, width: int, repeats: int | None) -> None:
     print(
         f"\n| model | params (M) | GFLOPs @{width}x{height} | no_grad (s) | inference_mode | "
-        "+channels_last | +fused BN | +both | best vs no_grad | runs |"
+        "+channels_last | +fused BN | +both | best vs no_grad | runs | load avg |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         r = bench_model(name, height, width, repeats)
         best = min(r["inference_mode"], r["+channels_last"], r["+fused_bn"], r["+both"])

@@ -36,7 +36,7 @@ def test_shipped_supervised_recipes_load(path):
     assert cfg.optim.poly_power == 0.9 and cfg.data.batch_size == 2
     assert cfg.data.val.dataset == "dark_zurich" and cfg.data.val.split == "val"
     if "/cpu/" in path:
-        assert cfg.model.name == "pspnet_tiny" and cfg.data.source.crop == [128, 256]
+        assert cfg.model.name == "pspnet_tiny" and cfg.data.source.crop == [128, 128]  # = configs/cpu/ulca.yaml
     else:
         assert cfg.model.name == "pspnet_r101" and cfg.data.source.crop == [512, 512]
         assert cfg.optim.lr == 2.5e-4

@@ -401,5 +401,5 @@ def test_cli_train_bad_config_exits_2_naming_the_file(tmp_path, run_cli):
     missing = tmp_path / "no_data"
     result = run_cli("train", "--config", good, f"data.root={missing}", "data.source.dataset=cityscapes",
                      "--out", tmp_path / "run2")
-    assert result.code == 2 and f"{missing}/cityscapes" in result.err
+    assert result.code == 2 and f"{missing}: dataset root not found" in result.err
     assert not (tmp_path / "run2").exists()  # nothing is written before the data is found

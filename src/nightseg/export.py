@@ -96,11 +96,12 @@ def check_parity(
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(seed)
     worst = 0.0
-    net = net.eval()
+    # channels_last: same function, but dilated convolutions run far faster on CPU than in NCHW
+    net = copy.deepcopy(net).eval().to(memory_format=torch.channels_last)
     for h, w in sizes:
         x = torch.rand(batch, 3, h, w, generator=generator)
         with torch.inference_mode():
-            expected = net(x).numpy()
+            expected = net(x.contiguous(memory_format=torch.channels_last)).contiguous().numpy()
         got = session.run(None, {"image": x.numpy()})[0]
         if got.shape != expected.shape:
             raise RuntimeError(f"{onnx_path}: ONNX output shape {got.shape} != PyTorch {expected.shape}")

@@ -102,7 +102,7 @@ def expected_images(benchmark: str, list_file: str | os.PathLike | None = None,
         files = sorted(base.rglob(f"*{spec.image_suffix}"))
         if benchmark == "acdc":
             files = [f for f in files if len(f.relative_to(base).parts) >= 3 and f.relative_to(base).parts[1] == "test"]
-        names = [f.relative_to(base.parent if benchmark == "acdc" else base).as_posix() for f in files]
+        names = [f.relative_to(base).as_posix() for f in files]
     else:
         raise UserError(f"{benchmark}: give the test image names with --list FILE or the dataset --root DIR")
     if not names:
