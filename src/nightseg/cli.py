@@ -19,6 +19,7 @@ from nightseg.errors import UserError
 
 # command name -> module under nightseg.commands; one line per command.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "seed 000 end to end on synthetic day/night scenes (CPU, minutes)"),
     "eval": ("eval_folder", "score a folder of prediction PNGs against ground truth"),
     "relight": ("relight", "train or apply the Zero-DCE relighting network"),
     "data": ("data", "check a dataset copy: counts, unmatched files, label values, sizes"),
