@@ -395,9 +395,10 @@ class Segmenter:
         if backend == "onnx":
             from nightseg.export import export_onnx
 
-            folder = Path(tempfile.mkdtemp(prefix="nightseg-onnx-"))
-            export_onnx(net, folder / (path.stem + ".onnx"), metadata={"checkpoint": str(path)}, check=False)
-            onnx_net = OnnxNet(folder / (path.stem + ".onnx"), dev)
+            with tempfile.TemporaryDirectory(prefix="nightseg-onnx-") as folder:  # onnxruntime keeps it in memory
+                onnx_path = Path(folder) / (path.stem + ".onnx")
+                export_onnx(net, onnx_path, metadata={"checkpoint": str(path)}, check=False)
+                onnx_net = OnnxNet(onnx_path, dev)
             return cls(onnx_net, net.num_classes, dev, sliding=sliding, tta=tta, metadata=meta)
         if fuse:
             from nightseg.models import fuse_batchnorm

@@ -136,7 +136,7 @@ def train_relight(
     optimizer = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     settings = {"seed": seed, "size": size, "batch_size": batch_size, "images": len(images)}
     start, history = 0, []
-    if resume:
+    if resume and _state_path(out).is_file():  # resume with no saved state yet: a fresh start
         training = _load_state(out, model, optimizer, settings)
         start, history = int(training["epochs_done"]), list(training.get("history", []))
         log.info("resuming %s after epoch %d", out, start)

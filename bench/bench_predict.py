@@ -1,0 +1,139 @@
+"""Inference throughput: end-to-end `nightseg predict` vs the bare forward pass; onnxruntime vs PyTorch.
+
+Builds a temporary folder of N 1024x512 PNG frames (the real Cityscapes val frames from ../shared/realdata,
+downscaled and shifted so that every file differs; smooth noise if those are absent) and a checkpoint of
+the chosen model (random weights: speed does not depend on them), then times
+
+1. **bare forward**: the network alone on preloaded tensors (as `Segmenter` runs it: BatchNorm folded,
+   channels_last, inference_mode), images/s;
+2. **end-to-end predict**: `nightseg predict`'s pipeline on the folder: PNG decode, forward, argmax and
+   writing ``_labelTrainIds``, ``_color`` and ``_overlay`` PNGs; decoding runs ahead and writing runs
+   behind in threads (``--workers``), and the same without threads (everything in turn);
+3. **onnxruntime vs PyTorch eager** forward on the same inputs (CPU), and PyTorch without our
+   settings (NCHW, BatchNorm not folded) for reference.
+
+Overhead = end-to-end time per image / bare forward time per image - 1 (target <= 15 %).
+
+    .venv/bin/python bench/bench_predict.py [--model pspnet_tiny] [--n 8] [--device cpu] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from nightseg.checkpoint import save_checkpoint
+from nightseg.commands.predict import DEFAULT_OUTPUTS, Item, OutputWriter, predict_images
+from nightseg.inference import OnnxNet, Segmenter, load_inference_net
+from nightseg.io import write_png
+from nightseg.models import build_segmenter
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "cityscapes_samples"
+W, H = 1024, 512
+
+
+def source_frames() -> tuple[list[np.ndarray], str]:
+    """Return 1024x512 RGB frames and where they came from."""
+    full = sorted((REAL / "fullres_val_no_gt").glob("*_leftImg8bit.png"))
+    if full:
+        return [np.asarray(Image.open(p).convert("RGB").resize((W, H), Image.BILINEAR)) for p in full], "real Cityscapes val"
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 256, (H // 16, W // 16, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8))
+    return [smooth], "synthetic (../shared absent)"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_forward(fn, xs: list[torch.Tensor], device: torch.device, repeats: int = 1) -> float:
+    """Return seconds per image of `fn` over `xs` (after one warm-up call)."""
+    with torch.inference_mode():
+        fn(xs[0])
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            for x in xs:
+                fn(x)
+        sync(device)
+    return (time.perf_counter() - start) / (repeats * len(xs))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="pspnet_tiny", help="segmenter to build (random weights)")
+    parser.add_argument("--n", type=int, default=8, help="number of 1024x512 frames")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=2, help="decode/write threads of the pipeline")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--skip-onnx", action="store_true")
+    parser.add_argument("--skip-naive", action="store_true", help="skip the NCHW/unfused reference (slow on CPU)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    frames, origin = source_frames()
+    results: dict[str, float | str | int] = {"model": args.model, "device": str(device), "n": args.n, "frames": origin,
+                                             "torch_threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        torch.manual_seed(0)
+        model = build_segmenter(args.model).eval()
+        ckpt = save_checkpoint(root / "model.safetensors", model.state_dict(), {"model": model.config})
+        items = []
+        for i in range(args.n):
+            path = write_png(root / "in" / f"frame_{i:04d}.png", np.roll(frames[i % len(frames)], 7 * i, axis=1))
+            items.append(Item(path, Path(path.stem)))
+        seg = Segmenter.from_checkpoint(ckpt, device=device)
+        xs = [torch.from_numpy(np.asarray(Image.open(it.src))).permute(2, 0, 1)[None].float().div(255).to(device)
+              for it in items]
+
+        # 1. bare forward (what the Segmenter runs: folded BN, channels_last)
+        fwd = time_forward(seg._forward, xs, device)
+        results["forward_s_per_img"] = fwd
+
+        # 2. end-to-end predict pipeline, warm (one image first), threaded and serial
+        warm = OutputWriter(root / "warm", DEFAULT_OUTPUTS, 19, workers=0)
+        predict_images(seg, items[:1], warm, progress=False)
+        for name, workers in (("e2e", args.workers), ("e2e_serial", 0)):
+            writer = OutputWriter(root / name, DEFAULT_OUTPUTS, 19, workers=workers)
+            sync(device)
+            start = time.perf_counter()
+            with writer:
+                predict_images(seg, items, writer, batch_size=args.batch_size, workers=max(workers, 1) if workers else 0,
+                               progress=False)
+            sync(device)
+            results[f"{name}_s_per_img"] = (time.perf_counter() - start) / args.n
+        results["overhead_pct"] = 100 * (results["e2e_s_per_img"] / fwd - 1)
+        results["overhead_serial_pct"] = 100 * (results["e2e_serial_s_per_img"] / fwd - 1)
+
+        # 3. onnxruntime vs PyTorch eager (CPU)
+        if not args.skip_onnx and device.type == "cpu":
+            from nightseg.export import export_onnx
+
+            net, _ = load_inference_net(ckpt)
+            export_onnx(net, root / "model.onnx", size=(256, 512), check=False)
+            runner = OnnxNet(root / "model.onnx")
+            results["onnxruntime_s_per_img"] = time_forward(runner, xs, device)
+        if not args.skip_naive:
+            naive = copy.deepcopy(model).to(device)  # NCHW, BatchNorm not folded
+            results["torch_nchw_unfused_s_per_img"] = time_forward(naive, xs[:2], device)
+    for key, value in results.items():
+        if key.endswith("_s_per_img"):
+            print(f"{key:34s} {value * 1000:9.1f} ms/img   {1 / value:7.2f} img/s")
+        elif key.endswith("_pct"):
+            print(f"{key:34s} {value:9.1f} %")
+        else:
+            print(f"{key:34s} {value}")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
