@@ -192,3 +192,15 @@ def test_evaluate_errors(ckpt, dark_zurich, tmp_path, run_cli):
     save_checkpoint(path, five.state_dict(), {"model": five.config})
     r = run_cli("evaluate", path, "--dataset", "dark_zurich", "--root", dark_zurich, "--out", tmp_path / "r")
     assert r.code == 2 and "5 classes" in r.err
+
+
+def test_real_frame_figure_script(ckpt, realdata, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("real_frame_figure", Path(__file__).parents[1] / "bench" / "real_frame_figure.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "figure.png"
+    assert module.main([str(ckpt), "--out", str(out), "--size", "54x96"]) == 0
+    with __import__("PIL.Image").Image.open(out) as img:
+        assert img.width > 3 * img.height / 2 and img.mode in ("RGBA", "RGB")

@@ -91,8 +91,9 @@ def _train(model: DemoModel, data: Path, runs: Path, steps: int, seed: int, reli
     if final.is_file() and metrics_file.is_file() and '"finished": true' in metrics_file.read_text():
         log.info("%s: already trained (%s)", model.key, final)
         return final
+    # validation is done once at the end, on night and day val (stage 4), not during training
     overrides = [f"data.root={data}", f"train.max_steps={steps}", f"seed={seed}",
-                 f"train.val_every={steps}", f"train.state_every={max(50, steps // 5)}"]
+                 "train.val_every=0", f"train.state_every={max(50, steps // 5)}"]
     if model.key == "ulca":
         overrides.append(f"method.relight.weights={relight}")
     cfg = load_config(CONFIG_DIR / model.config, overrides)

@@ -183,7 +183,7 @@ def _build_segmenter(config: dict[str, Any], source: Path) -> nn.Module:
     """Rebuild the architecture described by a checkpoint's ``model`` metadata."""
     if not isinstance(config, dict) or "name" not in config or "num_classes" not in config:
         raise UserError(f"{source}: checkpoint metadata has no \"model\" with name and num_classes; not a segmenter checkpoint")
-    kwargs = {k: v for k, v in config.items() if k != "name"}
+    kwargs = {k: v for k, v in config.items() if k not in ("name", "pretrained")}  # never download at inference
     name = str(config["name"])
     try:
         if ":" in name:  # a custom `module:factory` model of a recipe

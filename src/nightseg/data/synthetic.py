@@ -175,7 +175,7 @@ def make_sample(split: str | Split, index: int, seed: int = 0, size: tuple[int, 
     h, w = size
     r_scene, r_a, r_b, r_off = _rngs(seed, sp, index)
     domain = sp.dataset
-    scene, _ = build_scene(r_scene, h, w, domain, n_dynamic=2 if sp.mode == "pair" else 1)
+    scene = build_scene(r_scene, h, w, domain, n_dynamic=2 if sp.mode == "pair" else 1)
     out = Sample(sp, index, scene=scene)
     if sp.mode == "day":
         out.frame = render(scene, 0, False, r_a, hood=domain == "cityscapes")

@@ -43,7 +43,7 @@ from nightseg.data.synthetic_scene import (
 )
 
 NEAR = 0.25
-BLOOM_NEAR, BLOOM_WIDE, BLOOM_SPLAT = 0.08, 0.03, 4.0
+BLOOM_NEAR, BLOOM_WIDE, BLOOM_SPLAT = 0.1, 0.03, 6.0
 """Share of a saturated pixel's excess energy spread as a narrow and a wide halo, and energy of an
 unresolved point light (per unit of its glow and of the exposure gain)."""
 INVALID_V = 0.06
@@ -312,8 +312,10 @@ def _prim_emission(table: np.ndarray, pm: np.ndarray) -> list[tuple[np.ndarray, 
     return [(idx, np.take(table, np.take(pm, idx), axis=0))]
 
 
-def surface(flat: _Flat, cam: Camera, rng: np.random.Generator, night: bool) -> _Surface:
-    """Rasterise; compute textured albedo, procedural patterns and (sparse) emission per pixel."""
+def surface(flat: _Flat, cam: Camera, rng: np.random.Generator, night: bool, lit_share: float = 0.25) -> _Surface:
+    """Rasterise; compute textured albedo, procedural patterns and (sparse) emission per pixel.
+
+    `lit_share`: the share of windows lit at night."""
     h, w = cam.height, cam.width
     pm = rasterize(flat, cam).ravel()
     geom = _Geom(flat, cam, pm)
@@ -338,7 +340,7 @@ def surface(flat: _Flat, cam: Camera, rng: np.random.Generator, night: bool) -> 
         b = np.where(ax == AX_Y, Z, Y)
         prm = np.take(flat.params, np.take(pm, idx), axis=0)
         if code == PAT_FACADE:
-            _facade(idx, a, b, prm, t, cam, albedo, emission, glass, night, noise[1][idx])
+            _facade(idx, a, b, prm, t, cam, albedo, emission, glass, night, noise[1][idx], lit_share)
         elif code == PAT_PAVERS:
             fa = np.mod(a / prm[:, 0], 1.0)
             fb = np.mod(b / prm[:, 1], 1.0)
@@ -363,7 +365,8 @@ def surface(flat: _Flat, cam: Camera, rng: np.random.Generator, night: bool) -> 
     return _Surface((h, w), pm, flat, geom, sky, albedo, emission, glass, noise)
 
 
-def _facade(idx, a, b, prm, t, cam, albedo, emission, glass, night: bool, inner: np.ndarray) -> None:
+def _facade(idx, a, b, prm, t, cam, albedo, emission, glass, night: bool, inner: np.ndarray,
+            lit_share: float) -> None:
     """Windows, shop fronts and cornices on a building facade, in facade coordinates (metres)."""
     origin, spacing, floor_h, ww, wh, shop, hgt, seed = (prm[:, k] for k in range(8))
     colf = (a - origin) / spacing
@@ -400,7 +403,7 @@ def _facade(idx, a, b, prm, t, cam, albedo, emission, glass, night: bool, inner:
     gi = np.flatnonzero(any_glass)
     glass.append((idx[gi], mixw[gi] * 0.8))
     if night:
-        lit = np.flatnonzero(win & (hv < 0.25))
+        lit = np.flatnonzero(win & (hv < lit_share))
         if len(lit):
             ht = h_tint[lit]
             warm = np.stack([np.ones_like(ht), 0.75 + 0.2 * ht, 0.45 + 0.4 * ht], axis=1)
@@ -631,7 +634,7 @@ def expose_night(lin: np.ndarray, S: _Surface, cam: Camera, look: dict, lights: 
     sigma += read
     x += cv2.multiply(cv2.sqrt(sigma), _crop(h, w, rng, sensor=True))
     s = w / 512.0
-    x = cv2.GaussianBlur(x, (0, 0), 0.5 * s + 0.3)
+    x = cv2.GaussianBlur(x, (0, 0), 0.35 * s + 0.3)
     # bloom around everything that saturates and around visible point lights
     src = np.maximum(x, 1.0)
     src -= 1.0
@@ -657,7 +660,7 @@ def render(scene: Scene, dyn: int, night: bool, rng: np.random.Generator, camera
     """Render `scene` with its dynamic set `dyn` by day or by night (optionally from another camera)."""
     cam = camera or scene.camera
     flat = merge(scene.static, scene.dynamics[dyn])
-    S = surface(flat, cam, rng, night)
+    S = surface(flat, cam, rng, night, scene.look["lit_windows"])
     h, w = S.shape
     label_ids = np.take(flat.label, S.pm).reshape(h, w)
     sources = None

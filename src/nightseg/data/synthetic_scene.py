@@ -274,19 +274,24 @@ class Scene:
     domain: str
 
 
-def _choice(rng: np.random.Generator, seq: list):
+def pick(rng: np.random.Generator, seq: list):
     return seq[int(rng.integers(len(seq)))]
 
 
-def _jitter(rng: np.random.Generator, color: tuple[float, float, float], amount: float = 0.15) -> tuple:
+def jitter_color(rng: np.random.Generator, color: tuple[float, float, float], amount: float = 0.15) -> tuple:
     """`color` scaled by a random brightness and slightly re-tinted (each factor within +-amount)."""
     g = rng.uniform(1 - amount, 1 + amount, 4).tolist()
     return (min(color[0] * g[0] * (2 + g[1]) / 3, 1.0), min(color[1] * g[0] * (2 + g[2]) / 3, 1.0),
             min(color[2] * g[0] * (2 + g[3]) / 3, 1.0))
 
 
+def in_intersection(st: dict, z0: float, z1: float, side: int) -> bool:
+    """True if the depth range [z0, z1] on street side `side` (-1 left, 1 right) touches an intersection."""
+    return any(a - 1 < z1 and z0 < b + 1 and side in sides for a, b, sides in st["inters"])
+
+
 class _Builder:
-    """Samples one street: static layout into `self.static`, traffic via `dynamic()`."""
+    """Samples one street's static layout (road, sidewalks, buildings, furniture, vegetation) into `static`."""
 
     def __init__(self, rng: np.random.Generator, height: int, width: int, domain: str):
         self.rng = rng
@@ -297,8 +302,8 @@ class _Builder:
     def sample_street(self) -> dict:
         rng = self.rng
         lane_w = rng.uniform(2.9, 3.5)
-        n_r = int(_choice(rng, [1, 1, 2, 2, 2, 3]))
-        n_l = int(_choice(rng, [0, 1, 1, 1, 2, 2]))
+        n_r = int(pick(rng, [1, 1, 2, 2, 2, 3]))
+        n_l = int(pick(rng, [0, 1, 1, 1, 2, 2]))
         park_r = rng.random() < 0.6
         park_l = rng.random() < 0.55
         x_r = n_r * lane_w + park_r * 2.2
@@ -318,7 +323,7 @@ class _Builder:
                 "x_bld": xe + s * (strip + walk + garden),
                 "curb_h": rng.uniform(0.1, 0.16),
                 "park": park_r if s > 0 else park_l,
-                "walk_color": _jitter(rng, _choice(rng, SIDEWALK_COLORS), 0.12),
+                "walk_color": jitter_color(rng, pick(rng, SIDEWALK_COLORS), 0.12),
                 "trees": rng.random() < (0.85 if strip else 0.6),
             }
         z_end = float(rng.uniform(70, 260))
@@ -353,9 +358,6 @@ class _Builder:
             width=w,
         )
 
-    def in_inter(self, st: dict, z0: float, z1: float, side: int) -> bool:
-        return any(a - 1 < z1 and z0 < b + 1 and side in sides for a, b, sides in st["inters"])
-
     # ----- static layout
     def build_static(self) -> tuple[dict, Camera]:
         st = self.sample_street()
@@ -375,7 +377,7 @@ class _Builder:
     def _ground(self, st: dict) -> None:
         rng, P = self.rng, self.static
         z_end = st["z_end"] + 5
-        road_tex = rng.uniform(0.06, 0.14)
+        road_tex = rng.uniform(0.03, 0.08)
         # road surface (extends under intersections on both sides)
         P.add(quad_y(st["x_l"] - 0.01, st["x_r"] + 0.01, -2, z_end), L["road"], st["road_color"], AX_Y, 0.0,
               LAYER_GROUND, 1e6, tex=road_tex, tex_scale=1)
@@ -449,7 +451,7 @@ class _Builder:
         for z0, z1 in spans:
             if z1 - z0 < 0.5:
                 continue
-            P.add(quad_x(xc, z0, z1, 0.0, h_curb), L["sidewalk"], _jitter(rng, sd["walk_color"], 0.05), AX_X, xc,
+            P.add(quad_x(xc, z0, z1, 0.0, h_curb), L["sidewalk"], jitter_color(rng, sd["walk_color"], 0.05), AX_X, xc,
                   LAYER_GROUND, 1e6 - 1, tex=0.05)
             xs = sorted((xc, xb + s * 0.01 if not sd["garden"] else xl))
             P.add(quad_y(xs[0], xs[1], z0, z1, h_curb), L["sidewalk"], sd["walk_color"], AX_Y, h_curb,
@@ -457,12 +459,12 @@ class _Builder:
             if sd["strip"]:
                 xs = sorted((xc + s * 0.25, xw0))
                 P.add(quad_y(xs[0], xs[1], z0 + 0.5, z1 - 0.5, h_curb + 0.01), L["terrain"],
-                      _jitter(rng, _choice(rng, TERRAIN_COLORS)), AX_Y, h_curb + 0.01, LAYER_MARK, 1e5 - 1,
+                      jitter_color(rng, pick(rng, TERRAIN_COLORS)), AX_Y, h_curb + 0.01, LAYER_MARK, 1e5 - 1,
                       tex=0.3, tex_scale=1)
             if sd["garden"]:
                 xs = sorted((xl, xb + s * 0.01))
                 P.add(quad_y(xs[0], xs[1], z0, z1, h_curb + 0.01), L["terrain"],
-                      _jitter(rng, _choice(rng, TERRAIN_COLORS)), AX_Y, h_curb + 0.01, LAYER_MARK, 1e5 - 1,
+                      jitter_color(rng, pick(rng, TERRAIN_COLORS)), AX_Y, h_curb + 0.01, LAYER_MARK, 1e5 - 1,
                       tex=0.3, tex_scale=1)
         # cross-street sidewalks and corner buildings
         for a, b, sides in st["inters"]:
@@ -492,7 +494,7 @@ class _Builder:
             length = rng.uniform(8, 32)
             z0, z1 = z, min(z + length, z_end)
             z = z1
-            if self.in_inter(st, z0, z1, s):
+            if in_intersection(st, z0, z1, s):
                 # clip the block at the intersection
                 for a, b, sides in st["inters"]:
                     if s in sides and a - 1 < z1 and z0 < b + 1:
@@ -521,7 +523,7 @@ class _Builder:
                     self._facade_x(x + s * rng.uniform(8, 20), z0, z1, hgt + rng.uniform(4, 20), LAYER_BACK, z0 + 50)
             elif kind == "park":
                 xs = sorted((xl, xl + s * 60))
-                P.add(quad_y(xs[0], xs[1], z0, z1, h_curb + 0.005), L["terrain"], _jitter(rng, _choice(rng, TERRAIN_COLORS)),
+                P.add(quad_y(xs[0], xs[1], z0, z1, h_curb + 0.005), L["terrain"], jitter_color(rng, pick(rng, TERRAIN_COLORS)),
                       AX_Y, h_curb + 0.005, LAYER_MARK, 1e5 - 2, tex=0.35, tex_scale=1)
                 if rng.random() < 0.6:
                     self._fence_x(xl, z0, z1, rng.uniform(0.8, 1.8), LAYER_LINE, z0)
@@ -532,7 +534,7 @@ class _Builder:
                 hb_profile[max(int(z0), 0): max(int(z1), 0)] = 0
             elif kind == "wall":
                 hw = rng.uniform(1.0, 3.0)
-                self._plain_x(xl, z0, z1, 0, hw, L["wall"], _jitter(rng, _choice(rng, WALL_COLORS)), LAYER_LINE, z0,
+                self._plain_x(xl, z0, z1, 0, hw, L["wall"], jitter_color(rng, pick(rng, WALL_COLORS)), LAYER_LINE, z0,
                               tex=0.15)
                 for _ in range(int(rng.integers(0, 3))):
                     self._tree(xl + s * rng.uniform(2, 8), rng.uniform(z0, z1), LAYER_BACK, big=True)
@@ -541,7 +543,7 @@ class _Builder:
             else:  # fenced lot with terrain and a far building
                 xs = sorted((xl, xl + s * 40))
                 P.add(quad_y(xs[0], xs[1], z0, z1, h_curb + 0.005), L["terrain"],
-                      _jitter(rng, _choice(rng, TERRAIN_COLORS)), AX_Y, h_curb + 0.005, LAYER_MARK, 1e5 - 2,
+                      jitter_color(rng, pick(rng, TERRAIN_COLORS)), AX_Y, h_curb + 0.005, LAYER_MARK, 1e5 - 2,
                       tex=0.35)
                 self._fence_x(xl, z0, z1, rng.uniform(1.2, 2.2), LAYER_LINE, z0)
                 self._facade_x(xl + s * rng.uniform(12, 35), z0, z1, rng.uniform(6, 20), LAYER_BACK, z0 + 60)
@@ -553,12 +555,12 @@ class _Builder:
             zt = rng.uniform(2, 10)
             step = rng.uniform(7, 14)
             while zt < min(z_end, 160):
-                if not self.in_inter(st, zt - 3, zt + 3, s):
+                if not in_intersection(st, zt - 3, zt + 3, s):
                     self._tree(xt, zt, LAYER_STAND, big=False)
                     if not sd["strip"] and rng.random() < 0.4:
                         xs = sorted((xt - 0.7, xt + 0.7))
                         P.add(quad_y(xs[0], xs[1], zt - 0.7, zt + 0.7, h_curb + 0.01), L["terrain"],
-                              _jitter(rng, _choice(rng, TERRAIN_COLORS)), AX_Y, h_curb + 0.01, LAYER_MARK, 1e5 - 1,
+                              jitter_color(rng, pick(rng, TERRAIN_COLORS)), AX_Y, h_curb + 0.01, LAYER_MARK, 1e5 - 1,
                               tex=0.3)
                 zt += step * rng.uniform(0.8, 1.2)
 
@@ -569,11 +571,11 @@ class _Builder:
         if kind == "fence":
             self._fence_x(xl, z0, z1, rng.uniform(0.8, 1.6), LAYER_LINE, z0)
         elif kind == "wall":
-            self._plain_x(xl, z0, z1, 0, rng.uniform(0.5, 1.4), L["wall"], _jitter(rng, _choice(rng, WALL_COLORS)),
+            self._plain_x(xl, z0, z1, 0, rng.uniform(0.5, 1.4), L["wall"], jitter_color(rng, pick(rng, WALL_COLORS)),
                           LAYER_LINE, z0, tex=0.15)
         else:
             hh = rng.uniform(0.8, 1.8)
-            col = _jitter(rng, _choice(rng, VEG_COLORS))
+            col = jitter_color(rng, pick(rng, VEG_COLORS))
             self._plain_x(xl, z0, z1, 0, hh, L["vegetation"], col, LAYER_LINE, z0, tex=0.45, pattern=PAT_LEAVES)
             self.static.add(quad_y(min(xl, xl + s * 0.8), max(xl, xl + s * 0.8), z0, z1, hh), L["vegetation"], col,
                             AX_Y, hh, LAYER_LINE, z0, tex=0.45, pattern=PAT_LEAVES)
@@ -587,7 +589,7 @@ class _Builder:
                         pattern=pattern, params=params)
 
     def _plain_z(self, x0, x1, y0, y1, z, label, layer, depth, color=None):
-        color = color or _jitter(self.rng, _choice(self.rng, FACADE_COLORS))
+        color = color or jitter_color(self.rng, pick(self.rng, FACADE_COLORS))
         self.static.add(quad_z(x0, x1, y0, y1, z), label, color, AX_Z, z, layer, depth, tex=0.12)
 
     def _facade_params(self, hgt: float, origin: float) -> tuple:
@@ -608,13 +610,13 @@ class _Builder:
 
     def _facade_x(self, x: float, z0: float, z1: float, hgt: float, layer: int, depth: float) -> None:
         rng = self.rng
-        color = _jitter(rng, _choice(rng, FACADE_COLORS))
+        color = jitter_color(rng, pick(rng, FACADE_COLORS))
         self.static.add(quad_x(x, z0, z1, 0, hgt), L["building"], color, AX_X, x, layer, depth,
                         pattern=PAT_FACADE, params=self._facade_params(hgt, 0.0), tex=rng.uniform(0.05, 0.2),
                         tex_scale=int(rng.integers(0, 3)))
         if rng.random() < 0.5:
             # roof slope / cornice seen from below: a darker band, still building
-            roof = _jitter(rng, srgb(90, 70, 65) if rng.random() < 0.5 else srgb(80, 82, 88))
+            roof = jitter_color(rng, srgb(90, 70, 65) if rng.random() < 0.5 else srgb(80, 82, 88))
             xr = x + (rng.uniform(1.5, 4) if x > 0 else -rng.uniform(1.5, 4))
             self.static.add(np.array([[x, hgt, z0], [x, hgt, z1], [xr, hgt + rng.uniform(1.5, 4), z1],
                                       [xr, hgt + 2.5, z0]]), L["building"], roof, AX_X, x, layer, depth + 0.01,
@@ -622,14 +624,14 @@ class _Builder:
 
     def _facade_z(self, x0: float, x1: float, z: float, hgt: float, layer: int, depth: float) -> None:
         rng = self.rng
-        color = _jitter(rng, _choice(rng, FACADE_COLORS))
+        color = jitter_color(rng, pick(rng, FACADE_COLORS))
         self.static.add(quad_z(x0, x1, 0, hgt, z), L["building"], color, AX_Z, z, layer, depth,
                         pattern=PAT_FACADE, params=self._facade_params(hgt, x0), tex=rng.uniform(0.05, 0.2),
                         tex_scale=int(rng.integers(0, 3)))
 
     def _fence_x(self, x: float, z0: float, z1: float, hgt: float, layer: int, depth: float) -> None:
         rng = self.rng
-        self.static.add(quad_x(x, z0, z1, 0, hgt), L["fence"], _jitter(rng, _choice(rng, FENCE_COLORS)), AX_X, x,
+        self.static.add(quad_x(x, z0, z1, 0, hgt), L["fence"], jitter_color(rng, pick(rng, FENCE_COLORS)), AX_X, x,
                         layer, depth, pattern=PAT_FENCE,
                         params=(rng.uniform(0.1, 0.25), rng.uniform(0.2, 0.5), hgt, rng.uniform(0.25, 0.6)), tex=0.05)
 
@@ -651,7 +653,7 @@ class _Builder:
             if rng.random() < 0.3:
                 r = w * 0.6
                 P.add(ellipse_z(x + w / 2, r * 0.8, w * 0.6, r, z, rng=rng, jitter=0.2), L["vegetation"],
-                      _jitter(rng, _choice(rng, VEG_COLORS)), AX_Z, z, LAYER_FAR, z, pattern=PAT_LEAVES, tex=0.4)
+                      jitter_color(rng, pick(rng, VEG_COLORS)), AX_Z, z, LAYER_FAR, z, pattern=PAT_LEAVES, tex=0.4)
             else:
                 self._facade_z(x, x + w, z, rng.uniform(0.04, 0.22) * z, LAYER_FAR, z)
             x += w
@@ -660,8 +662,8 @@ class _Builder:
         rng, P = self.rng, self.static
         trunk_h = rng.uniform(2.0, 4.0) if not big else rng.uniform(2.5, 5)
         tw = rng.uniform(0.2, 0.45)
-        col = _jitter(rng, _choice(rng, VEG_COLORS), 0.2)
-        bark = _jitter(rng, srgb(80, 70, 60), 0.2)
+        col = jitter_color(rng, pick(rng, VEG_COLORS), 0.2)
+        bark = jitter_color(rng, srgb(80, 70, 60), 0.2)
         P.add(quad_z(x - tw / 2, x + tw / 2, 0, trunk_h + 1.0, z), L["vegetation"], bark, AX_Z, z, layer, z,
               tex=0.2, order=0)
         r = rng.uniform(1.8, 3.5) * (1.4 if big else 1.0)
@@ -684,11 +686,11 @@ class _Builder:
 
     def _traffic_light(self, x: float, z: float, facing: bool) -> None:
         rng, P = self.rng, self.static
-        pc = _jitter(rng, _choice(rng, POLE_COLORS))
+        pc = jitter_color(rng, pick(rng, POLE_COLORS))
         h = rng.uniform(2.3, 3.2)
         self._pole(x, z, h + 1.0, rng.uniform(0.1, 0.16), pc)
         bw, bh = rng.uniform(0.3, 0.4), rng.uniform(0.8, 1.0)
-        housing = _jitter(rng, _choice(rng, [srgb(30, 30, 30), srgb(60, 62, 55), srgb(200, 170, 40)]), 0.1)
+        housing = jitter_color(rng, pick(rng, [srgb(30, 30, 30), srgb(60, 62, 55), srgb(200, 170, 40)]), 0.1)
         P.add(quad_z(x - bw / 2, x + bw / 2, h, h + bh, z - 0.05), L["traffic light"], housing, AX_Z, z - 0.05,
               LAYER_STAND, z - 0.05, tex=0.05, order=1)
         if facing:
@@ -713,13 +715,13 @@ class _Builder:
         kind = int(rng.integers(5))
         r = rng.uniform(0.3, 0.45)
         if kind == 0:  # round prohibition/mandatory
-            col = _choice(rng, [srgb(200, 30, 30), srgb(30, 70, 170), srgb(230, 230, 230)])
+            col = pick(rng, [srgb(200, 30, 30), srgb(30, 70, 170), srgb(230, 230, 230)])
             poly = ellipse_z(x, y, r, r, z, n=14)
         elif kind == 1:  # triangle
-            col = _choice(rng, [srgb(230, 230, 230), srgb(220, 60, 50)])
+            col = pick(rng, [srgb(230, 230, 230), srgb(220, 60, 50)])
             poly = poly_z([(x - r, y - r * 0.8), (x + r, y - r * 0.8), (x, y + r)], z)
         elif kind == 2:  # rectangle information sign
-            col = _choice(rng, [srgb(30, 70, 170), srgb(30, 120, 60), srgb(230, 230, 230), srgb(240, 200, 40)])
+            col = pick(rng, [srgb(30, 70, 170), srgb(30, 120, 60), srgb(230, 230, 230), srgb(240, 200, 40)])
             w = rng.uniform(0.5, 1.3)
             poly = quad_z(x - w / 2, x + w / 2, y - r, y + r, z)
         elif kind == 3:  # diamond (priority road)
@@ -728,7 +730,7 @@ class _Builder:
         else:  # back side of a sign: grey
             col = srgb(130, 130, 135)
             poly = ellipse_z(x, y, r, r, z, n=14) if rng.random() < 0.5 else quad_z(x - r, x + r, y - r, y + r, z)
-        P.add(poly, L["traffic sign"], _jitter(rng, col, 0.1), AX_Z, z, LAYER_STAND, z, tex=0.05, order=order,
+        P.add(poly, L["traffic sign"], jitter_color(rng, col, 0.1), AX_Z, z, LAYER_STAND, z, tex=0.05, order=order,
               params=(1.0 if kind != 4 else 0.0,))
 
     def _street_furniture(self, st: dict) -> None:
@@ -743,15 +745,15 @@ class _Builder:
             spacing = rng.uniform(18, 32)
             hl = rng.uniform(6, 9.5)
             arm = rng.uniform(0.8, 2.5)
-            pc = _jitter(rng, _choice(rng, POLE_COLORS))
+            pc = jitter_color(rng, pick(rng, POLE_COLORS))
             while zl < min(st["z_end"], 170):
-                if not self.in_inter(st, zl - 2, zl + 2, s):
+                if not in_intersection(st, zl - 2, zl + 2, s):
                     self._pole(xc, zl, hl, rng.uniform(0.14, 0.24), pc)
                     xa = xc - s * arm
                     P.add(segment_z(xc, hl - 0.1, xa, hl + 0.15, 0.12, zl - 0.01), L["pole"], pc, AX_Z, zl - 0.01,
                           LAYER_STAND, zl - 0.01, order=1)
                     P.add(quad_z(min(xa, xa - s * 0.6), max(xa, xa - s * 0.6), hl - 0.05, hl + 0.2, zl - 0.02),
-                          L["pole"], _jitter(rng, srgb(120, 120, 120)), AX_Z, zl - 0.02, LAYER_STAND, zl - 0.02,
+                          L["pole"], jitter_color(rng, srgb(120, 120, 120)), AX_Z, zl - 0.02, LAYER_STAND, zl - 0.02,
                           emit=tuple(8.0 * c for c in look_lamp), order=2)
                     P.lights.append(Light((xa - s * 0.3, hl - 0.1, zl), look_lamp, 30.0 * rng.uniform(0.6, 1.4),
                                           direction=(0.0, -1.0, 0.0), exponent=1.5, glow=6.0))
@@ -761,10 +763,10 @@ class _Builder:
             # sign posts, poles, bollards
             for _ in range(int(rng.integers(1, 6))):
                 z = rng.uniform(3, 70)
-                if self.in_inter(st, z - 1, z + 1, s):
+                if in_intersection(st, z - 1, z + 1, s):
                     continue
                 x = sd["x_curb"] + s * rng.uniform(0.3, 0.8)
-                pc = _jitter(rng, _choice(rng, POLE_COLORS))
+                pc = jitter_color(rng, pick(rng, POLE_COLORS))
                 if rng.random() < 0.65:
                     hs = rng.uniform(2.2, 3.2)
                     self._pole(x, z, hs + 0.3, rng.uniform(0.06, 0.1), pc)
@@ -778,14 +780,14 @@ class _Builder:
                 z = rng.uniform(3, 50)
                 x = sd["x_line"] - s * rng.uniform(0.3, 0.8)
                 w, h = rng.uniform(0.5, 1.5), rng.uniform(0.6, 1.3)
-                P.add(quad_z(x - w / 2, x + w / 2, 0, h, z), L["static"], _jitter(rng, _choice(rng, FENCE_COLORS)),
+                P.add(quad_z(x - w / 2, x + w / 2, 0, h, z), L["static"], jitter_color(rng, pick(rng, FENCE_COLORS)),
                       AX_Z, z, LAYER_STAND, z, tex=0.1)
         # overhead traffic light at intersections
         for a, _b, _sides in st["inters"]:
             if rng.random() < 0.4:
                 xp = st["x_r"] + 0.6
                 hp = rng.uniform(5.5, 6.5)
-                pc = _jitter(rng, _choice(rng, POLE_COLORS))
+                pc = jitter_color(rng, pick(rng, POLE_COLORS))
                 self._pole(xp, a - 1, hp, 0.2, pc)
                 P.add(quad_z(st["lane_w"] * 0.5, xp, hp - 0.15, hp, a - 1.02), L["pole"], pc, AX_Z, a - 1.02,
                       LAYER_STAND, a - 1.02, order=1)
@@ -798,375 +800,6 @@ class _Builder:
                       AX_Z, a - 1.07, LAYER_STAND, a - 1.07, emit=tuple(6.0 * v for v in c),
                       emit_day=tuple(0.5 * v for v in c), order=3)
                 P.lights.append(Light((xt, yc, a - 1.1), c, 1.5, glow=3.0))
-
-    # ----- dynamic objects
-    def dynamic(self, rng: np.random.Generator) -> PrimSet:
-        """Sample traffic and people for this street (different for each frame of a pair)."""
-        st = self.st
-        D = PrimSet()
-        self.rng_dyn = rng
-        # parked cars
-        for s in (-1, 1):
-            sd = st["sides"][s]
-            if not sd["park"]:
-                continue
-            occupancy = rng.uniform(0.25, 0.8)
-            x_in = (st["x_r"] - 1.15) if s > 0 else (st["x_l"] + 1.15)
-            z = rng.uniform(-2, 6)
-            while z < min(st["z_end"] - 5, 110):
-                L_car = rng.uniform(3.8, 5.0)
-                if self.in_inter(st, z - 6, z + L_car, s):
-                    z += 6
-                    continue
-                if rng.random() < occupancy:
-                    kind = rng.choice(["car", "van", "truck"], p=[0.9, 0.08, 0.02])
-                    if kind == "truck":
-                        L_car = self._truck(D, x_in, z, facing=s < 0, parked=True)
-                    else:
-                        L_car = self._car(D, x_in, z, facing=False, parked=True, van=kind == "van")
-                z += L_car + rng.uniform(0.6, 2.5)
-        # moving traffic
-        for lane in range(st["n_r"]):
-            xl = (lane + 0.5) * st["lane_w"]
-            z = rng.uniform(6, 25)
-            while z < 90 and rng.random() < 0.45:
-                L_car = self._vehicle(D, xl + rng.uniform(-0.3, 0.3), z, facing=False)
-                z += L_car + rng.uniform(5, 30)
-        for lane in range(st["n_l"]):
-            xl = -(lane + 0.5) * st["lane_w"]
-            z = rng.uniform(3, 25)
-            while z < 110 and rng.random() < 0.45:
-                L_car = self._vehicle(D, xl + rng.uniform(-0.3, 0.3), z, facing=True)
-                z += L_car + rng.uniform(5, 35)
-        # tram (class train)
-        if st["tram"] and rng.random() < 0.5:
-            xc = (st["x_l"] + 2.0) if st["n_l"] else st["x_r"] - 2.0
-            self._tram(D, xc, rng.uniform(8, 45), facing=xc < 0)
-        # cross traffic in an intersection: side views
-        for a, b, _sides in st["inters"]:
-            if rng.random() < 0.45:
-                kind = rng.choice(["car", "bus", "tram", "truck", "rider"], p=[0.7, 0.07, 0.06, 0.07, 0.1])
-                self._cross_vehicle(D, a, b, str(kind))
-        # people
-        for s in (-1, 1):
-            sd = st["sides"][s]
-            n = int(rng.poisson(rng.uniform(1.5, 8.0)))
-            x0, x1 = sorted((sd["x_curb"] + s * 0.3, sd["x_line"] - s * 0.3))
-            for _ in range(n):
-                z = rng.uniform(2.5, 55)
-                xp = rng.uniform(x0, x1)
-                self._person(D, xp, z)
-                if rng.random() < 0.3:  # a group
-                    self._person(D, xp + rng.uniform(-0.8, 0.8), z + rng.uniform(-0.5, 1.5))
-            # parked bicycles / motorcycles
-            for _ in range(int(rng.poisson(1.6))):
-                z = rng.uniform(3, 45)
-                self._bicycle(D, rng.uniform(x0, x1), z, side_view=True, label=L["bicycle"])
-            if rng.random() < 0.2:
-                self._motorcycle(D, rng.uniform(x0, x1), rng.uniform(4, 40), side_view=True, rider=False)
-        # pedestrians on a crosswalk
-        for a, _b, _sides in st["inters"]:
-            if rng.random() < 0.3:
-                for _ in range(int(rng.integers(1, 4))):
-                    self._person(D, rng.uniform(st["x_l"], st["x_r"]), a - rng.uniform(2.5, 4.5))
-        # riders (cyclists near the right kerb, motorcyclists in a lane)
-        for _ in range(int(rng.poisson(0.3))):
-            z = rng.uniform(5, 45)
-            self._bicycle(D, st["x_r"] - 0.8 - (2.2 if st["sides"][1]["park"] else 0.0), z, side_view=False,
-                          label=L["bicycle"], rider=True)
-        if rng.random() < 0.1:
-            self._motorcycle(D, st["lane_w"] * rng.uniform(0.3, 0.7), rng.uniform(8, 40), side_view=False, rider=True)
-        return D
-
-    def _vehicle(self, D: PrimSet, x: float, z: float, facing: bool) -> float:
-        r = self.rng_dyn.random()
-        if r < 0.025:
-            return self._bus(D, x, z, facing)
-        if r < 0.05:
-            return self._truck(D, x, z, facing, parked=False)
-        return self._car(D, x, z, facing, parked=False, van=r < 0.2)
-
-    def _lights_for(self, D: PrimSet, x: float, w: float, y: float, z: float, facing: bool, parked: bool) -> None:
-        """Head- or tail-lights of a vehicle whose near face is at depth z."""
-        if facing:
-            if parked:
-                return
-            for sx in (-1, 1):
-                D.lights.append(Light((x + sx * (w / 2 - 0.3), y, z - 0.1), (1.0, 0.95, 0.85), 6.0,
-                                      direction=(0.0, -0.15, -1.0), exponent=6.0, glow=5.0))
-        else:
-            on = 0.0 if parked else 1.0
-            for sx in (-1, 1):
-                D.lights.append(Light((x + sx * (w / 2 - 0.2), y, z - 0.1), (1.0, 0.05, 0.02), 0.4 * on,
-                                      glow=2.5 * on))
-
-    def _box(self, D: PrimSet, x0, x1, y0, y1, z0, z1, label, color, depth, order=0, tex=0.05, front=True,
-             front_color=None, side_color=None, top_color=None) -> None:
-        cx = self.cam.x
-        ch = self.cam.y
-        if x0 > cx:
-            D.add(quad_x(x0, z0, z1, y0, y1), label, side_color or color, AX_X, x0, LAYER_STAND, depth, tex=tex, order=order)
-        elif x1 < cx:
-            D.add(quad_x(x1, z0, z1, y0, y1), label, side_color or color, AX_X, x1, LAYER_STAND, depth, tex=tex, order=order)
-        if y1 < ch:
-            D.add(quad_y(x0, x1, z0, z1, y1), label, top_color or color, AX_Y, y1, LAYER_STAND, depth, tex=tex, order=order)
-        if front:
-            D.add(quad_z(x0, x1, y0, y1, z0), label, front_color or color, AX_Z, z0, LAYER_STAND, depth, tex=tex,
-                  order=order + 1)
-
-    def _wheels_side(self, D: PrimSet, x: float, zs: list[float], r: float, label: int, depth: float, order: int) -> None:
-        if abs(x - self.cam.x) < 0.3:
-            return
-        for zw in zs:
-            D.add(ellipse_x(x, zw, r, r, r), label, TYRE, AX_X, x, LAYER_STAND, depth, tex=0.02, order=order)
-
-    def _car(self, D: PrimSet, x: float, z: float, facing: bool, parked: bool, van: bool = False) -> float:
-        rng = self.rng_dyn
-        w = rng.uniform(1.65, 1.95)
-        length = rng.uniform(3.8, 4.9) if not van else rng.uniform(4.6, 5.4)
-        hb = rng.uniform(0.55, 0.75)
-        ht = rng.uniform(1.4, 1.6) if not van else rng.uniform(1.9, 2.3)
-        col = _jitter(rng, _choice(rng, CAR_COLORS), 0.1)
-        x0, x1 = x - w / 2, x + w / 2
-        lab = L["car"]
-        y0 = 0.28
-        self._box(D, x0, x1, y0, y0 + hb, z, z + length, lab, col, z, order=0)
-        # cabin: slanted windows (trapezoids) under a roof of the body colour, pillars of the body colour
-        inset = 0.1
-        zc0 = z + (length * rng.uniform(0.18, 0.3) if not van else 0.3)
-        zc1 = z + length * rng.uniform(0.7, 0.82) if not van else z + length - 0.2
-        yb = y0 + hb
-        slope = 0.18 if not van else 0.05
-        xa, xb = x0 + inset, x1 - inset
-        rake0, rake1 = (ht - yb) * (0.9 if not van else 0.3), (ht - yb) * (0.7 if not van else 0.1)
-        xs = xa if xa > self.cam.x else (xb if xb < self.cam.x else None)
-        if xs is not None:
-            D.add(np.array([[xs, yb, zc0], [xs, yb, zc1], [xs, ht, zc1 - rake1], [xs, ht, zc0 + rake0]]), lab, col,
-                  AX_X, xs, LAYER_STAND, z, order=2)
-            D.add(np.array([[xs, yb + 0.06, zc0 + 0.12], [xs, yb + 0.06, zc1 - 0.12], [xs, ht - 0.08, zc1 - rake1 - 0.05],
-                            [xs, ht - 0.08, zc0 + rake0 + 0.05]]), lab, GLASS, AX_X, xs, LAYER_STAND, z, order=3,
-                  pattern=PAT_GLASS)
-        if ht < self.cam.y:
-            D.add(quad_y(xa + slope, xb - slope, zc0 + rake0, zc1 - rake1, ht), lab, col, AX_Y, ht, LAYER_STAND, z,
-                  order=4)
-        D.add(poly_z([(xa, yb), (xb, yb), (xb - slope, ht), (xa + slope, ht)], zc0 + rake0 * 0.5), lab, col, AX_Z,
-              zc0 + rake0 * 0.5, LAYER_STAND, z, order=5)
-        D.add(poly_z([(xa + 0.1, yb + 0.05), (xb - 0.1, yb + 0.05), (xb - slope - 0.05, ht - 0.07),
-                      (xa + slope + 0.05, ht - 0.07)], zc0 + rake0 * 0.5 - 0.01), lab, GLASS, AX_Z,
-              zc0 + rake0 * 0.5 - 0.01, LAYER_STAND, z, order=6, pattern=PAT_GLASS)
-        # bonnet/boot top and wheels
-        self._wheels_side(D, x0 if x0 > self.cam.x else x1, [z + 0.8, z + length - 0.8], 0.32, lab, z, 1)
-        D.add(quad_z(x0 + 0.1, x0 + 0.35, 0.0, 0.3, z + 0.3), lab, TYRE, AX_Z, z + 0.3, LAYER_STAND, z, order=-1)
-        D.add(quad_z(x1 - 0.35, x1 - 0.1, 0.0, 0.3, z + 0.3), lab, TYRE, AX_Z, z + 0.3, LAYER_STAND, z, order=-1)
-        # rear/front details on the near face
-        yl = y0 + hb * 0.7
-        lc = (0.5, 0.02, 0.02) if not facing else (0.8, 0.8, 0.75)
-        on = 0.0 if parked else 1.0
-        em = tuple(v * (3.0 if facing else 1.2) * on for v in ((1, 0.95, 0.85) if facing else (1.0, 0.04, 0.02)))
-        for sx in (-1, 1):
-            xa = x + sx * (w / 2 - 0.25)
-            D.add(quad_z(xa - 0.18, xa + 0.18, yl - 0.08, yl + 0.08, z - 0.01), lab, lc, AX_Z, z - 0.01, LAYER_STAND,
-                  z, emit=em, order=3)
-        D.add(quad_z(x - 0.26, x + 0.26, y0 + 0.1, y0 + 0.22, z - 0.01), lab, srgb(220, 220, 215), AX_Z, z - 0.01,
-              LAYER_STAND, z, order=3)
-        self._lights_for(D, x, w, yl, z, facing, parked)
-        D.casters.append(("box", x0, x1, z, z + length, ht))
-        return length
-
-    def _truck(self, D: PrimSet, x: float, z: float, facing: bool, parked: bool) -> float:
-        rng = self.rng_dyn
-        w = rng.uniform(2.3, 2.55)
-        lab = L["truck"]
-        col = _jitter(rng, _choice(rng, CAR_COLORS + [srgb(230, 230, 230)] * 3), 0.1)
-        cargo_l, cab_l = rng.uniform(4.5, 8.0), rng.uniform(1.8, 2.4)
-        hc = rng.uniform(3.0, 3.9)
-        x0, x1 = x - w / 2, x + w / 2
-        if facing:  # we see the cab first
-            self._box(D, x0 + 0.05, x1 - 0.05, 0.4, rng.uniform(2.6, 3.1), z, z + cab_l, lab, col, z, order=2)
-            D.add(quad_z(x0 + 0.2, x1 - 0.2, 1.7, 2.5, z - 0.01), lab, GLASS, AX_Z, z - 0.01, LAYER_STAND, z, order=4)
-            self._box(D, x0, x1, 0.5, hc, z + cab_l, z + cab_l + cargo_l, lab, _jitter(rng, col), z, order=0)
-        else:
-            self._box(D, x0, x1, 0.5, hc, z, z + cargo_l, lab, col, z, order=2)
-            self._box(D, x0 + 0.05, x1 - 0.05, 0.4, rng.uniform(2.6, 3.1), z + cargo_l, z + cargo_l + cab_l, lab,
-                      _jitter(rng, col), z, order=0, front=False)
-        length = cargo_l + cab_l
-        side = x0 if x0 > self.cam.x else x1
-        self._wheels_side(D, side, [z + 1.0, z + length - 1.2, z + length - 2.4], 0.5, lab, z, 1)
-        D.add(quad_z(x0 + 0.1, x1 - 0.1, 0.0, 0.5, z + 0.5), lab, TYRE, AX_Z, z + 0.5, LAYER_STAND, z, order=-1)
-        self._lights_for(D, x, w, 0.9, z, facing, parked)
-        D.casters.append(("box", x0, x1, z, z + length, hc))
-        return length
-
-    def _bus(self, D: PrimSet, x: float, z: float, facing: bool) -> float:
-        rng = self.rng_dyn
-        w = 2.55
-        length = rng.uniform(11, 18)
-        h = rng.uniform(2.9, 3.3)
-        lab = L["bus"]
-        lit = float(rng.uniform(0.3, 1.0))  # lit interior at night
-        col = _jitter(rng, _choice(rng, [srgb(230, 230, 225), srgb(40, 80, 160), srgb(200, 40, 40), srgb(240, 200, 40),
-                                         srgb(60, 140, 70), srgb(150, 150, 155)]), 0.08)
-        x0, x1 = x - w / 2, x + w / 2
-        self._box(D, x0, x1, 0.3, h, z, z + length, lab, col, z, order=0)
-        side = x0 if x0 > self.cam.x else x1
-        # window band on the side and on the near face
-        if abs(side - self.cam.x) > 0.3:
-            D.add(quad_x(side, z + 1.0, z + length - 0.5, 1.3, h - 0.35), lab, GLASS, AX_X, side, LAYER_STAND, z,
-                  order=1, pattern=PAT_GLASS, params=(lit,))
-        D.add(quad_z(x0 + 0.15, x1 - 0.15, 1.3 if facing else 1.6, h - 0.25, z - 0.01), lab, GLASS, AX_Z, z - 0.01,
-              LAYER_STAND, z, order=3, pattern=PAT_GLASS, params=(lit,))
-        self._wheels_side(D, side, [z + 2.5, z + length - 3.0], 0.5, lab, z, 2)
-        self._lights_for(D, x, w, 0.8, z, facing, False)
-        for sx in (-1, 1):
-            D.add(quad_z(x + sx * 1.0 - 0.15, x + sx * 1.0 + 0.15, 0.7, 0.95, z - 0.02), lab,
-                  (0.8, 0.8, 0.75) if facing else (0.5, 0.02, 0.02), AX_Z, z - 0.02, LAYER_STAND, z, order=4,
-                  emit=(4.0, 3.8, 3.4) if facing else (1.2, 0.05, 0.02))
-        D.casters.append(("box", x0, x1, z, z + length, h))
-        return length
-
-    def _tram(self, D: PrimSet, x: float, z: float, facing: bool) -> float:
-        rng = self.rng_dyn
-        w, h = 2.65, rng.uniform(3.3, 3.6)
-        length = rng.uniform(20, 35)
-        lab = L["train"]
-        col = _jitter(rng, _choice(rng, [srgb(230, 230, 230), srgb(190, 40, 40), srgb(40, 90, 170), srgb(240, 210, 60),
-                                         srgb(80, 150, 90)]), 0.08)
-        x0, x1 = x - w / 2, x + w / 2
-        self._box(D, x0, x1, 0.35, h, z, z + length, lab, col, z, order=0)
-        side = x0 if x0 > self.cam.x else x1
-        if abs(side - self.cam.x) > 0.3:
-            D.add(quad_x(side, z + 0.8, z + length - 0.8, 1.1, h - 0.5), lab, GLASS, AX_X, side, LAYER_STAND, z,
-                  order=1, pattern=PAT_GLASS, params=(1.0,))
-        D.add(quad_z(x0 + 0.2, x1 - 0.2, 1.2, h - 0.3, z - 0.01), lab, GLASS, AX_Z, z - 0.01, LAYER_STAND, z, order=3)
-        D.add(segment_z(x - 0.5, h, x + 0.2, h + 0.9, 0.06, z + 3), lab, srgb(40, 40, 40), AX_Z, z + 3, LAYER_STAND, z,
-              order=4)
-        self._lights_for(D, x, w, 0.9, z, facing, False)
-        D.casters.append(("box", x0, x1, z, z + length, h))
-        return length
-
-    def _cross_vehicle(self, D: PrimSet, a: float, b: float, kind: str) -> None:
-        """A vehicle crossing the intersection: a side view in a Z plane."""
-        rng = self.rng_dyn
-        zc = rng.uniform(a + 3, max(a + 3.5, b - 4))
-        xc = rng.uniform(-12, 12)
-        if kind == "rider":
-            self._bicycle(D, xc, zc, side_view=True, label=L["bicycle"], rider=True)
-            return
-        lab = {"car": L["car"], "bus": L["bus"], "tram": L["train"], "truck": L["truck"]}[kind]
-        length = {"car": rng.uniform(3.8, 4.8), "bus": rng.uniform(11, 15), "tram": rng.uniform(20, 30),
-                  "truck": rng.uniform(6, 10)}[kind]
-        h = {"car": 1.5, "bus": 3.1, "tram": 3.4, "truck": 3.5}[kind]
-        col = _jitter(rng, _choice(rng, CAR_COLORS), 0.1)
-        x0, x1 = xc - length / 2, xc + length / 2
-        if kind == "car":
-            D.add(poly_z([(x0, 0.3), (x1, 0.3), (x1, 0.95), (x1 - 0.9, 1.05), (x1 - 1.6, h), (x0 + 1.0, h), (x0 + 0.3, 1.0),
-                          (x0, 0.95)], zc), lab, col, AX_Z, zc, LAYER_STAND, zc, tex=0.05)
-            D.add(poly_z([(x1 - 1.7, 1.05), (x1 - 1.55, h - 0.08), (x0 + 1.1, h - 0.08), (x0 + 0.5, 1.05)], zc - 0.01), lab,
-                  GLASS, AX_Z, zc - 0.01, LAYER_STAND, zc, order=1)
-            for xw in (x0 + 0.8, x1 - 0.8):
-                D.add(ellipse_z(xw, 0.32, 0.32, 0.32, zc - 0.02), lab, TYRE, AX_Z, zc - 0.02, LAYER_STAND, zc, order=2)
-        else:
-            D.add(quad_z(x0, x1, 0.35, h, zc), lab, col, AX_Z, zc, LAYER_STAND, zc, tex=0.05)
-            D.add(quad_z(x0 + 0.6, x1 - 0.6, 1.2, h - 0.4, zc - 0.01), lab, GLASS, AX_Z, zc - 0.01, LAYER_STAND, zc,
-                  order=1, pattern=PAT_GLASS, params=(0.0 if kind == "truck" else 1.0,))
-            for xw in np.linspace(x0 + 1.5, x1 - 1.5, max(2, int(length / 6))):
-                D.add(ellipse_z(float(xw), 0.45, 0.45, 0.45, zc - 0.02), lab, TYRE, AX_Z, zc - 0.02, LAYER_STAND, zc,
-                      order=2)
-        D.lights.append(Light((x0 if rng.random() < 0.5 else x1, 0.8, zc - 0.5), (1.0, 0.95, 0.85), 3.0, glow=4.0,
-                              direction=None))
-
-    def _person(self, D: PrimSet, x: float, z: float, label: int | None = None, seated_y: float | None = None) -> None:
-        """A pedestrian (or, with `seated_y`, the upper body and legs of a rider) as a billboard."""
-        rng = self.rng_dyn
-        lab = L["person"] if label is None else label
-        hp = rng.uniform(1.55, 1.95)
-        top = _jitter(rng, _choice(rng, CLOTHES), 0.1)
-        legs = _jitter(rng, _choice(rng, CLOTHES), 0.1)
-        skin = _choice(rng, SKIN)
-        hw = hp * rng.uniform(0.12, 0.15)  # half shoulder width
-        if seated_y is None:
-            y_hip = hp * 0.5
-            stride = rng.uniform(0.0, 0.25)
-            D.add([poly_z([(x + sx * 0.03, y_hip), (x + sx * hw * 0.75, y_hip), (x + sx * (stride + 0.07), 0.0),
-                           (x + sx * (stride - 0.06), 0.0)], z) for sx in (-1, 1)], lab, legs, AX_Z, z, LAYER_STAND,
-                  z, order=0)
-            y0 = y_hip
-        else:
-            y0 = seated_y
-            hp = seated_y + hp * 0.5
-            D.add(poly_z([(x - 0.08, y0), (x + 0.08, y0), (x + 0.06, y0 - 0.75), (x - 0.06, y0 - 0.75)], z - 0.02), lab,
-                  legs, AX_Z, z - 0.02, LAYER_STAND, z, order=3)
-        y_sh = hp * 0.82
-        coat = rng.uniform(0, 0.25) if seated_y is None else 0.0
-        arms = rng.uniform(0.0, 0.12, 2)
-        D.add([poly_z([(x - hw * 0.85, y0 - coat), (x + hw * 0.85, y0 - coat), (x + hw, y_sh), (x - hw, y_sh)], z)]
-              + [segment_z(x + sx * hw, y_sh - 0.02, x + sx * (hw + a), y0 - 0.05, 0.09, z) for sx, a in zip((-1, 1), arms)],
-              lab, top, AX_Z, z, LAYER_STAND, z, order=1)
-        rh = hp * 0.065
-        D.add([quad_z(x - 0.04, x + 0.04, y_sh - 0.02, y_sh + 0.06, z),
-               ellipse_z(x, y_sh + 0.05 + rh, rh * 0.85, rh * 1.05, z, n=10)], lab, skin, AX_Z, z, LAYER_STAND, z, order=2)
-        if rng.random() < 0.6:  # hair / hat
-            D.add(ellipse_z(x, y_sh + 0.07 + rh * 1.35, rh * 0.9, rh * 0.6, z - 0.001, n=10), lab,
-                  _jitter(rng, _choice(rng, CLOTHES[:4])), AX_Z, z - 0.001, LAYER_STAND, z, order=3)
-        if rng.random() < 0.25:  # bag
-            sx = 1 if rng.random() < 0.5 else -1
-            D.add(quad_z(x + sx * hw, x + sx * (hw + 0.25), y0 - 0.1, y0 + 0.25, z - 0.01), lab,
-                  _jitter(rng, _choice(rng, CLOTHES)), AX_Z, z - 0.01, LAYER_STAND, z, order=4)
-        D.casters.append(("blob", x, z, 0.3, hp * 0.5))
-
-    def _bicycle(self, D: PrimSet, x: float, z: float, side_view: bool, label: int, rider: bool = False) -> None:
-        rng = self.rng_dyn
-        col = _jitter(rng, _choice(rng, CAR_COLORS + FENCE_COLORS), 0.1)
-        r = rng.uniform(0.32, 0.36)
-        if side_view:
-            wb = rng.uniform(1.0, 1.1)
-            xa, xb = x - wb / 2, x + wb / 2
-            for xw in (xa, xb):
-                D.add(ellipse_z(xw, r, r, r, z, n=14), label, TYRE, AX_Z, z, LAYER_STAND, z, order=0)
-                D.add(ellipse_z(xw, r, r * 0.82, r * 0.82, z - 0.001, n=14), label, srgb(110, 110, 110), AX_Z, z - 0.001,
-                      LAYER_STAND, z, order=1, tex=0.3)
-            ys = r + 0.45
-            for seg in [(xa, r, x - 0.05, r), (x - 0.05, r, x - 0.15, ys), (x - 0.15, ys, xb - 0.15, ys + 0.05),
-                        (xb - 0.15, ys + 0.05, xb, r), (x - 0.05, r, xb - 0.15, ys + 0.05), (xa, r, x - 0.15, ys),
-                        (xb - 0.15, ys + 0.05, xb - 0.2, ys + 0.3)]:
-                D.add(segment_z(*seg, 0.045, z - 0.002), label, col, AX_Z, z - 0.002, LAYER_STAND, z, order=2)
-            if rider:
-                self._person(D, x - 0.1, z - 0.01, label=L["rider"], seated_y=ys + 0.05)
-        else:  # seen from behind: a thin wheel and a rider above it
-            D.add(quad_z(x - 0.03, x + 0.03, 0.0, 2 * r, z), label, TYRE, AX_Z, z, LAYER_STAND, z, order=0)
-            D.add(quad_z(x - 0.12, x + 0.12, 2 * r - 0.05, 2 * r + 0.05, z - 0.001), label, col, AX_Z, z - 0.001,
-                  LAYER_STAND, z, order=1)
-            D.add(quad_z(x - 0.28, x + 0.28, 2 * r + 0.35, 2 * r + 0.38, z + 0.4), label, col, AX_Z, z + 0.4, LAYER_STAND,
-                  z, order=-1)
-            if rider:
-                self._person(D, x, z - 0.01, label=L["rider"], seated_y=2 * r + 0.3)
-            D.lights.append(Light((x, 2 * r, z - 0.05), (1.0, 0.05, 0.02), 0.1, glow=1.2))
-        D.casters.append(("pole", x, z, 0.6, 1.0))
-
-    def _motorcycle(self, D: PrimSet, x: float, z: float, side_view: bool, rider: bool) -> None:
-        rng = self.rng_dyn
-        lab = L["motorcycle"]
-        col = _jitter(rng, _choice(rng, CAR_COLORS), 0.1)
-        r = rng.uniform(0.3, 0.36)
-        if side_view:
-            wb = rng.uniform(1.3, 1.5)
-            for xw in (x - wb / 2, x + wb / 2):
-                D.add(ellipse_z(xw, r, r, r, z, n=14), lab, TYRE, AX_Z, z, LAYER_STAND, z, order=0)
-            D.add(poly_z([(x - wb / 2 + 0.1, r + 0.1), (x + wb / 2, r + 0.2), (x + wb / 2 - 0.1, r + 0.65),
-                          (x, r + 0.55), (x - wb / 2, r + 0.55)], z - 0.01), lab, col, AX_Z, z - 0.01, LAYER_STAND, z,
-                  order=1)
-            if rider:
-                self._person(D, x, z - 0.02, label=L["rider"], seated_y=r + 0.55)
-        else:
-            D.add(quad_z(x - 0.06, x + 0.06, 0, 2 * r, z), lab, TYRE, AX_Z, z, LAYER_STAND, z, order=0)
-            D.add(poly_z([(x - 0.25, 2 * r - 0.1), (x + 0.25, 2 * r - 0.1), (x + 0.2, 2 * r + 0.35),
-                          (x - 0.2, 2 * r + 0.35)], z - 0.01), lab, col, AX_Z, z - 0.01, LAYER_STAND, z, order=1)
-            D.add(quad_z(x - 0.1, x + 0.1, 2 * r, 2 * r + 0.08, z - 0.02), lab, (0.5, 0.02, 0.02), AX_Z, z - 0.02,
-                  LAYER_STAND, z, order=2, emit=(1.2, 0.04, 0.02))
-            D.lights.append(Light((x, 2 * r + 0.05, z - 0.05), (1.0, 0.05, 0.02), 0.2, glow=2.0))
-            if rider:
-                self._person(D, x, z - 0.03, label=L["rider"], seated_y=2 * r + 0.3)
-        D.casters.append(("pole", x, z, 0.5, 1.2))
 
 
 # --- look (lighting/exposure parameters) ---------------------------------------------------------------
@@ -1189,30 +822,29 @@ def sample_look(rng: np.random.Generator) -> dict:
         "day_tint": rng.uniform(0.94, 1.06, 3).tolist(),
         "lamp": lamp,
         "lamp_color": LAMP_COLORS[lamp],
-        "ambient": float(rng.uniform(0.006, 0.02)),
-        "ambient_color": _choice(rng, [(0.6, 0.7, 1.0), (1.0, 0.75, 0.5), (0.8, 0.8, 0.85)]),
-        "skyglow": _choice(rng, [(0.06, 0.05, 0.06), (0.08, 0.05, 0.03), (0.03, 0.035, 0.06)]),
+        "ambient": float(rng.uniform(0.008, 0.024)),
+        "ambient_color": pick(rng, [(0.6, 0.7, 1.0), (1.0, 0.75, 0.5), (0.8, 0.8, 0.85)]),
+        "skyglow": pick(rng, [(0.06, 0.05, 0.06), (0.08, 0.05, 0.03), (0.03, 0.035, 0.06)]),
         "skyglow_power": float(rng.uniform(0.5, 1.5)),
         "night_key": float(rng.uniform(0.02, 0.035)),
         "max_gain": float(rng.uniform(4.0, 9.0)),
-        "wb": float(rng.uniform(0.2, 0.6)),  # share of the colour cast the camera's white balance removes
-        "shot": float(rng.uniform(0.004, 0.012)),
-        "read": float(rng.uniform(0.004, 0.012)),
+        "wb": float(rng.uniform(0.1, 0.5)),  # share of the colour cast the camera's white balance removes
+        "shot": float(rng.uniform(0.003, 0.009)),
+        "read": float(rng.uniform(0.003, 0.008)),
         "ego_lights": float(rng.uniform(0.6, 1.4)),
-        "lit_windows": float(rng.uniform(0.1, 0.4)),
+        "lit_windows": float(rng.uniform(0.1, 0.4)),  # share of lit windows
     }
 
 
 def build_scene(rng: np.random.Generator, height: int, width: int, domain: str = "cityscapes",
-                n_dynamic: int = 1) -> tuple[Scene, _Builder]:
-    """Sample one street scene: layout, camera, look and `n_dynamic` independent traffic sets.
+                n_dynamic: int = 1) -> Scene:
+    """Sample one street scene: layout, camera, look and `n_dynamic` independent traffic sets."""
+    from nightseg.data.synthetic_traffic import sample_traffic  # (imports this module)
 
-    Returns the scene and its builder (which can sample further dynamic sets with ``builder.dynamic``).
-    """
     b = _Builder(rng, height, width, domain)
     look = sample_look(rng)
     b.lamp_color = look["lamp_color"]
     st, cam = b.build_static()
     dyn_rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(int(rng.integers(1 << 62))).spawn(n_dynamic)]
-    dynamics = [b.dynamic(r) for r in dyn_rngs]
-    return Scene(camera=cam, static=b.static, dynamics=dynamics, look=look, street=st, domain=domain), b
+    dynamics = [sample_traffic(r, st, cam) for r in dyn_rngs]
+    return Scene(camera=cam, static=b.static, dynamics=dynamics, look=look, street=st, domain=domain)

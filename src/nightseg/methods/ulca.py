@@ -328,7 +328,8 @@ class ULCA(SegmentationModule):
         if stage != "fit" or self.params.class_frequencies != "source" or self.seg_weight is not None:
             return
         dataset = build_stream_dataset(self.cfg.data.source, self.cfg.data.root, train=False)
-        freq = class_frequencies(source_labels(dataset), self.num_classes, total=len(dataset))
+        freq = class_frequencies(source_labels(dataset), self.num_classes, progress=self.cfg.train.progress,
+                                 total=len(dataset))
         self.set_class_frequencies(freq)
 
     # ---- building blocks
