@@ -5,8 +5,9 @@ Times, at 256x512 (issue 3 target: >= 20 day+night pairs per second on one core)
   - the same plus PNG encoding and atomic writing of both frames,
   - a labelled day scene and a labelled night scene (in memory),
 and the wall time of whole presets written to a temporary folder (tiny by default; add small with
-``--presets tiny,small``). OpenCV and BLAS are limited to one thread. Each timing is repeated and the
-best and median repeats are printed (the minimum is the least disturbed by other processes).
+``--presets tiny,small``). OpenCV and BLAS are limited to one thread. Each item is timed `--repeats`
+times in a row; "best" is the mean over items of each item's fastest run (the least disturbed by
+other processes on a shared machine), "median" the median of all runs.
 
     .venv/bin/python bench/bench_synthetic.py [--size 256x512] [--pairs 20] [--repeats 3] [--presets tiny]
 """
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from nightseg.data.synthetic import generate, make_sample
 from nightseg.data.synthetic_render import _noise_tiles
@@ -33,15 +35,22 @@ from nightseg.io import write_png
 
 
 def _time(fn, n: int, repeats: int) -> tuple[float, float, float]:
-    """Return (best, median) seconds per item over `repeats` runs of n items, and best CPU seconds per item."""
-    walls, cpus = [], []
-    for r in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        for i in range(n):
-            fn(r * n + i)
-        walls.append((time.perf_counter() - t0) / n)
-        cpus.append((time.process_time() - c0) / n)
-    return min(walls), statistics.median(walls), min(cpus)
+    """Time n items, each `repeats` times in a row (same item, same output).
+
+    Returns seconds per item: the mean over items of each item's fastest run (the least disturbed by
+    other processes on a shared machine), the median of all runs, and the mean CPU time of all runs.
+    """
+    best, walls, cpus = [], [], []
+    for i in range(n):
+        times = []
+        for _ in range(repeats):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn(i)
+            times.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+        best.append(min(times))
+        walls.extend(times)
+    return float(np.mean(best)), statistics.median(walls), float(np.mean(cpus))
 
 
 def main() -> None:
@@ -73,10 +82,10 @@ def main() -> None:
         ("labelled day scene, in memory", lambda i: make_sample("train", i, seed=1, size=(h, w))),
         ("labelled night scene, in memory", lambda i: make_sample("night_train", i, seed=1, size=(h, w))),
     ]
-    print(f"{'case':36s} {'best ms':>8s} {'median ms':>10s} {'CPU ms':>7s} {'best /s':>8s}")
+    print(f"{'case':36s} {'best ms':>8s} {'median ms':>10s} {'CPU ms':>7s} {'best /s':>8s} {'median /s':>10s}")
     for name, fn in rows:
         best, med, cpu = _time(fn, args.pairs, args.repeats)
-        print(f"{name:36s} {best * 1e3:8.1f} {med * 1e3:10.1f} {cpu * 1e3:7.1f} {1 / best:8.1f}")
+        print(f"{name:36s} {best * 1e3:8.1f} {med * 1e3:10.1f} {cpu * 1e3:7.1f} {1 / best:8.1f} {1 / med:10.1f}")
     for preset in [p for p in args.presets.split(",") if p]:
         out = tmp / preset
         t0 = time.perf_counter()

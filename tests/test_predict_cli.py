@@ -105,6 +105,19 @@ def test_predict_rejects_mismatched_checkpoint(ckpt, inputs, tmp_path, run_cli):
     assert r.code == 2 and "arch.safetensors" in r.err and "architecture" in r.err
 
 
+def test_predict_sliding_tta_options_match_the_api(ckpt, inputs, tmp_path, run_cli):
+    from nightseg.inference import TTA, Segmenter, SlidingWindow
+
+    out = tmp_path / "out"
+    r = run_cli("predict", ckpt, inputs / "a.png", "--out", out, "--outputs", "labels", "--sliding",
+                "--window", "32x48", "--stride", "16x24", "--blend", "uniform", "--tta", "flip")
+    assert r.code == 0, r.err
+    seg = Segmenter.from_checkpoint(ckpt, sliding=SlidingWindow((32, 48), (16, 24), "uniform"), tta=TTA(True))
+    np.testing.assert_array_equal(read_label(out / "a_labelTrainIds.png"), seg.predict(inputs / "a.png").labels)
+    r = run_cli("predict", ckpt, inputs, "--out", out, "--window", "32")
+    assert r.code == 2 and "--sliding" in r.err
+
+
 def _video(path: Path, frames: int) -> Path:
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (W, H))
     for i in range(frames):

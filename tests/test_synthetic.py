@@ -248,7 +248,7 @@ def test_night_is_underexposed_noisy_and_lit_by_sources_not_sky():
         over = vn >= 0.9
         sky_over.append((s.night.train_ids[over] == 10).mean() if over.any() else 0.0)
     dn, dd = np.mean(dark_share, axis=0)
-    assert dn > 2 * dd, "night has many more under-exposed pixels"
+    assert dn > 1.5 * dd, "night has many more under-exposed pixels (about 3x over 20 pairs: docs/synthetic.md)"
     assert 0.15 < np.mean(mean_night) < np.mean(mean_day), "night darker than day but not black"
     assert np.mean(sky_over) < 0.05, "night over-exposure comes from light sources, not the sky"
 

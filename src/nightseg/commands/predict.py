@@ -30,6 +30,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -257,11 +258,13 @@ class Stats:
     seconds: float = 0.0
 
 
-def _read(item: Item) -> tuple[Item, np.ndarray | None, UserError | None]:
+def _read(item: Item) -> tuple[Item, np.ndarray | None, torch.Tensor | None, UserError | None]:
+    """Decode one image and convert it to the model's float input (in a reader thread, off the main one)."""
     try:
-        return item, read_image(item.src), None
+        array = read_image(item.src)
     except UserError as exc:
-        return item, None, exc
+        return item, None, None, exc
+    return item, array, torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0), None
 
 
 def _bad(stats: Stats, exc: UserError, skip_bad: bool) -> None:
@@ -279,25 +282,25 @@ def predict_images(
     stats = stats or Stats()
     need_conf = any(k in writer.kinds for k in ("confidence", "invalid"))
     bar = tqdm(total=len(items), desc="predict", unit="img", disable=None if progress else True, dynamic_ncols=True)
-    batch: list[tuple[Item, np.ndarray]] = []
+    batch: list[tuple[Item, np.ndarray, torch.Tensor]] = []
 
     def flush() -> None:
-        preds = segmenter.predict_batch([a for _, a in batch], return_confidence=need_conf)
-        for (item, array), pred in zip(batch, preds):
+        preds = segmenter.predict_batch([t for _, _, t in batch], return_confidence=need_conf)
+        for (item, array, _), pred in zip(batch, preds):
             writer.submit(item.rel, array, pred)
         stats.images += len(batch)
         bar.update(len(batch))
         batch.clear()
 
-    for item, array, error in _prefetch(_read, items, workers):
+    for item, array, tensor, error in _prefetch(_read, items, workers):
         if error is not None:
             _bad(stats, error, skip_bad)
             bar.update(1)
             continue
-        assert array is not None
+        assert array is not None and tensor is not None
         if batch and (len(batch) >= batch_size or batch[0][1].shape != array.shape):
             flush()
-        batch.append((item, array))
+        batch.append((item, array, tensor))
     if batch:
         flush()
     bar.close()

@@ -207,15 +207,12 @@ def fill_polys(canvas: np.ndarray, cam: Camera, verts: np.ndarray, starts: np.nd
 def rasterize(flat: _Flat, cam: Camera) -> np.ndarray:
     """Return the HxW int32 map of primitive indices (painter's order; the sky, index 0, is the background)."""
     pm = np.zeros((cam.height, cam.width), dtype=np.int32)
-    keep = flat.attr[flat.poly_prim, _C_AXIS] != AX_SKY
-    if not keep.all():
-        idx = np.flatnonzero(keep)
-        counts = np.diff(flat.starts)[idx]
-        verts = np.concatenate([flat.verts[flat.starts[i]:flat.starts[i + 1]] for i in idx]) if len(idx) else flat.verts[:0]
-        starts = np.concatenate([[0], np.cumsum(counts)])
-        fill_polys(pm, cam, verts, starts, flat.poly_prim[idx].tolist())
-    else:
-        fill_polys(pm, cam, flat.verts, flat.starts, flat.poly_prim.tolist())
+    sky = flat.attr[flat.poly_prim, _C_AXIS] == AX_SKY
+    first = int(np.argmin(sky)) if not sky.all() else len(sky)  # sky polygons come first (LAYER_SKY)
+    if sky[first:].any():
+        raise ValueError("sky primitives must come first in painter's order")
+    starts = flat.starts[first:]
+    fill_polys(pm, cam, flat.verts[starts[0]:], starts - starts[0], flat.poly_prim[first:].tolist())
     return pm
 
 
@@ -226,8 +223,8 @@ _TILE_CACHE: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
 def _noise_tiles(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """Noise tiles of size (1.5h, 1.5w) from a fixed seed, cached per size: three smooth unit-variance
-    textures (fine, medium, coarse; shape (3, th, tw)) and sensor noise (th, tw, 3): white noise plus
-    low-frequency blotches, as left by a camera's denoiser."""
+    textures (fine, medium, coarse; shape (3, th, tw)) and sensor noise (th, w, 3): white noise plus
+    low-frequency blotches, as left by a camera's denoiser (cropped by rows only, so crops are contiguous)."""
     key = (h, w)
     if key not in _TILE_CACHE:
         rng = np.random.default_rng(20240611)
@@ -238,9 +235,9 @@ def _noise_tiles(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
             n = rng.standard_normal((th, tw), dtype=np.float32)
             n = cv2.GaussianBlur(n, (0, 0), max(sigma, 0.4), borderType=cv2.BORDER_REFLECT)
             tiles.append(n / (n.std() + 1e-6))
-        white = rng.standard_normal((th, tw, 3), dtype=np.float32)
-        low = rng.standard_normal((th // 2 + 1, tw // 2 + 1, 3), dtype=np.float32)
-        sensor = 0.6 * white + 0.8 * cv2.resize(low, (tw, th), interpolation=cv2.INTER_LINEAR)
+        white = rng.standard_normal((th, w, 3), dtype=np.float32)
+        low = rng.standard_normal((th // 2 + 1, w // 2 + 1, 3), dtype=np.float32)
+        sensor = 0.6 * white + 0.8 * cv2.resize(low, (w, th), interpolation=cv2.INTER_LINEAR)
         _TILE_CACHE[key] = (np.stack(tiles), sensor)
     return _TILE_CACHE[key]
 
@@ -249,7 +246,7 @@ def _crop(h: int, w: int, rng: np.random.Generator, sensor: bool = False) -> np.
     """A random (h, w) window of the smooth tiles (3, h, w) or of the sensor-noise tile (h, w, 3)."""
     smooth, sn = _noise_tiles(h, w)
     oy, ox = int(rng.integers(0, h // 2 + 1)), int(rng.integers(0, w // 2 + 1))
-    return sn[oy:oy + h, ox:ox + w] if sensor else smooth[:, oy:oy + h, ox:ox + w]
+    return sn[oy:oy + h] if sensor else smooth[:, oy:oy + h, ox:ox + w]
 
 
 def _hash(a: np.ndarray, b: np.ndarray, seed: np.ndarray) -> np.ndarray:
@@ -367,69 +364,68 @@ def surface(flat: _Flat, cam: Camera, rng: np.random.Generator, night: bool, lit
 
 def _facade(idx, a, b, prm, t, cam, albedo, emission, glass, night: bool, inner: np.ndarray,
             lit_share: float) -> None:
-    """Windows, shop fronts and cornices on a building facade, in facade coordinates (metres)."""
-    origin, spacing, floor_h, ww, wh, shop, hgt, seed = (prm[:, k] for k in range(8))
+    """Windows, shop fronts, doors, sign bands and cornices on building facades (facade coordinates in metres).
+
+    idx: flat pixel indices; a, b: position along the facade and height; prm: the facade parameters."""
+    origin, spacing, floor_h, ww, wh, shop, hgt, seed = prm.T
     colf = (a - origin) / spacing
     col = np.floor(colf)
-    fa = colf - col
+    dfa = np.abs(colf - col - 0.5)
     gf = floor_h * 1.25
     rowf = (b - gf) / floor_h
     row = np.floor(rowf)
     fb = rowf - row
     shop_b = shop > 0.5
-    win = (b >= gf) & (b < hgt - 0.9) & (np.abs(fa - 0.5) < ww * 0.5) & (fb > 0.25) & (fb < 0.25 + wh)
-    shopwin = shop_b & (b > 0.35) & (b < gf - 0.55) & (np.abs(fa - 0.5) < 0.43)
-    door = ~shop_b & (b < 2.2) & (np.abs(fa - 0.5) < 0.18) & (np.mod(col, 3) == 1)
-    band = shop_b & (b >= gf - 0.5) & (b < gf - 0.1)
-    cornice = (b > hgt - 0.5) | (np.abs(b - gf) < 0.1)
-    # fade the window grid where it would alias (windows smaller than ~1.5 px): the facade just looks dimmer
-    pix = np.minimum(spacing * ww, floor_h * wh) * (cam.f / t)
-    vis = np.clip((pix - 1.0) * (1 / 1.5), 0.0, 1.0)
-    hv = _hash(col, row, seed)  # one 16-bit hash per window: tint, lit or not, brightness
-    h_tint = (hv * 16.0) % 1.0
-    h_int = (hv * 256.0) % 1.0
-    sub = albedo[idx]
-    near_glass = shopwin | door
-    any_glass = win | near_glass
-    mixw = np.where(near_glass, 1.0, vis) * any_glass
-    glass_col = (0.05 + 0.05 * h_tint)[:, None] * np.array([1.0, 1.15, 1.35], dtype=np.float32)
-    sub += (glass_col - sub) * mixw[:, None]
-    sub *= (1.0 - 0.25 * (1 - vis) * ww * wh - 0.25 * cornice)[:, None]
-    if band.any():
-        bi = np.flatnonzero(band)
-        hb = _hash(col[bi], col[bi] * 0 + 1, seed[bi])
-        sub[bi] = np.stack([hb, (hb * 8) % 1.0, (hb * 64) % 1.0], axis=1) * 0.6 + 0.05
-    albedo[idx] = sub
-    gi = np.flatnonzero(any_glass)
-    glass.append((idx[gi], mixw[gi] * 0.8))
-    if night:
-        lit = np.flatnonzero(win & (hv < lit_share))
-        if len(lit):
-            ht = h_tint[lit]
-            warm = np.stack([np.ones_like(ht), 0.75 + 0.2 * ht, 0.45 + 0.4 * ht], axis=1)
-            emission.append((idx[lit], (0.25 + 0.6 * h_int[lit]) [:, None] * vis[lit, None] * warm))
-        shop_lit = np.flatnonzero(shopwin & ((hv * 4.0) % 1.0 < 0.7))
-        if len(shop_lit):  # lit shop window: bright, warm or cool, with a shaded interior
-            ht = h_tint[shop_lit]
-            level = (0.3 + 0.9 * h_int[shop_lit]) * np.clip(0.75 + 0.35 * inner[shop_lit], 0.2, 1.5)
-            emission.append((idx[shop_lit], level[:, None] * np.stack([np.ones_like(ht), 0.8 + 0.15 * ht,
-                                                                        0.55 + 0.45 * ht], 1)))
-        on = np.flatnonzero(band & ((hv * 2.0) % 1.0 < 0.5))
-        if len(on):
-            emission.append((idx[on], sub[on] * 2.5))
+    win = (b >= gf) & (b < hgt - 0.9) & (dfa < ww * 0.5) & (fb > 0.25) & (fb < 0.25 + wh)
+    shopwin = shop_b & (b > 0.35) & (b < gf - 0.55) & (dfa < 0.43)
+    near_glass = shopwin | (~shop_b & (b < 2.2) & (dfa < 0.18) & (np.mod(col, 3) == 1))  # + doors
+    # the window grid fades where it would alias (windows under ~1.5 px): the facade just looks dimmer
+    vis = np.clip((np.minimum(spacing * ww, floor_h * wh) * (cam.f / t) - 1.0) * (1 / 1.5), 0.0, 1.0)
+    albedo[idx] *= (1.0 - 0.25 * (1 - vis) * ww * wh - 0.25 * ((b > hgt - 0.5) | (np.abs(b - gf) < 0.1)))[:, None]
+    gi = np.flatnonzero(win | near_glass)
+    if len(gi):
+        ig = idx[gi]
+        hv = _hash(col[gi], row[gi], seed[gi])  # one 16-bit hash per window: tint, lit or not, brightness
+        h_tint = (hv * 16.0) % 1.0
+        mixw = np.where(near_glass[gi], 1.0, vis[gi])
+        glass_col = (0.05 + 0.05 * h_tint)[:, None] * np.array([1.0, 1.15, 1.35], dtype=np.float32)
+        sub = albedo[ig]
+        sub += (glass_col - sub) * mixw[:, None]
+        albedo[ig] = sub
+        glass.append((ig, mixw * 0.8))
+        if night:
+            warmth = np.stack([np.ones_like(h_tint), 0.75 + 0.2 * h_tint, 0.45 + 0.45 * h_tint], axis=1)
+            lit = np.flatnonzero(win[gi] & (hv < lit_share))
+            if len(lit):
+                level = (0.25 + 0.6 * ((hv[lit] * 256.0) % 1.0)) * vis[gi[lit]]
+                emission.append((ig[lit], level[:, None] * warmth[lit]))
+            shop_lit = np.flatnonzero(shopwin[gi] & ((hv * 4.0) % 1.0 < 0.7))
+            if len(shop_lit):  # lit shop window: bright, warm or cool, with a shaded interior
+                level = (0.3 + 0.9 * ((hv[shop_lit] * 256.0) % 1.0)) * np.clip(0.75 + 0.35 * inner[gi[shop_lit]], 0.2, 1.5)
+                emission.append((ig[shop_lit], level[:, None] * warmth[shop_lit]))
+    band = np.flatnonzero(shop_b & (b >= gf - 0.5) & (b < gf - 0.1))
+    if len(band):  # shop sign bands: a colour per shop, lit at night for half of them
+        hb = _hash(col[band], col[band] * 0 + 1, seed[band])
+        sign = np.stack([hb, (hb * 8) % 1.0, (hb * 64) % 1.0], axis=1) * 0.6 + 0.05
+        albedo[idx[band]] = sign
+        if night:
+            on = (hb * 2.0) % 1.0 < 0.5
+            emission.append((idx[band[on]], sign[on] * 2.5))
 
 
 # --- shading -----------------------------------------------------------------------------------------------
 
-_GAMMA_LUT = np.clip(np.power(np.linspace(0.0, 1.0, 4096), 1 / 2.2) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+_GAMMA_LUT = np.clip(np.power(np.arange(256) / 255.0, 2.0 / 2.2) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+"""Maps 8-bit gamma-2.0 codes to gamma-2.2 codes."""
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
-    """Linear [0, 1] (clipped) to 8-bit sRGB-like values (gamma 2.2) through a 12-bit lookup table."""
-    q = np.clip(x, 0.0, 1.0)
-    q *= 4095.0
-    q += 0.5
-    return np.take(_GAMMA_LUT, q.astype(np.int16))
+    """Linear light (HxWx3, clipped to [0, 1]) to 8-bit sRGB-like values (gamma 2.2).
+
+    Encoded as sqrt (gamma 2, fine steps in the dark) to 8 bits, then remapped by a lookup table: a few
+    fast OpenCV passes instead of a float power. Modifies `x`."""
+    np.maximum(x, 0.0, out=x)
+    return cv2.LUT(cv2.convertScaleAbs(cv2.sqrt(x), alpha=255.0), _GAMMA_LUT)
 
 
 def _luma(x: np.ndarray) -> np.ndarray:
@@ -504,11 +500,10 @@ def shade_day(S: _Surface, cam: Camera, look: dict, street: dict) -> np.ndarray:
     n = S.geom.normals
     e_sky = (look["sky_power"] * (0.45 + 0.55 * np.maximum(n[:, 1], 0)))[:, None] * sky_col
     if look["sunny"]:
-        e_sun = (look["sun_power"] * np.maximum(n @ sun_dir, 0.0))[:, None] * np.array([1.0, 0.97, 0.9], np.float32)
-        E = np.take(e_sky + e_sun, S.pm, axis=0)
-        shade = _shadow(S, cam, look, street)
-        si = np.flatnonzero(shade)
-        E[si] -= shade[si, None] * np.take(e_sun, S.pm[si], axis=0)
+        sun = np.take(look["sun_power"] * np.maximum(n @ sun_dir, 0.0), S.pm)
+        sun *= 1.0 - _shadow(S, cam, look, street)
+        E = np.take(e_sky, S.pm, axis=0)
+        E += sun[:, None] * np.array([1.0, 0.97, 0.9], np.float32)
     else:
         E = np.take(e_sky, S.pm, axis=0)
     img = S.albedo * E
