@@ -14,6 +14,7 @@ interrupted training run from its saved state.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -71,7 +72,8 @@ PLANS = {
 }
 
 
-def _train_relight(data: Path, out: Path, epochs: int, seed: int) -> Path:
+def train_relight_on_night(data: Path, out: Path, epochs: int, seed: int) -> Path:
+    """Train (or finish training) Zero-DCE on the synthetic night frames of `data`; return the weights path."""
     from nightseg.commands.relight import train_relight
     from nightseg.io import list_images
 
@@ -81,30 +83,34 @@ def _train_relight(data: Path, out: Path, epochs: int, seed: int) -> Path:
     return weights
 
 
-def _train(model: DemoModel, data: Path, runs: Path, steps: int, seed: int, relight: Path) -> Path:
+def train_recipe(config: str | Path, data: Path, run_dir: Path, steps: int, seed: int,
+                 extra: list[str] = ()) -> Path:
+    """Train the packaged CPU recipe `config` on the synthetic set `data`; return its final checkpoint.
+
+    Resumable: a finished run is returned as it is, an interrupted one continues from its state.
+    """
     from nightseg.config import load_config
     from nightseg.engine import train
 
-    run_dir = runs / model.key
     final = run_dir / "checkpoints" / "last.safetensors"
     metrics_file = run_dir / "metrics.json"
-    if final.is_file() and metrics_file.is_file() and '"finished": true' in metrics_file.read_text():
-        log.info("%s: already trained (%s)", model.key, final)
+    if final.is_file() and metrics_file.is_file() and json.loads(metrics_file.read_text()).get("finished"):
+        log.info("%s: already trained (%s)", run_dir.name, final)
         return final
-    # validation is done once at the end, on night and day val (stage 4), not during training
+    # validation is done once at the end (`score_checkpoint`), not during training
     overrides = [f"data.root={data}", f"train.max_steps={steps}", f"seed={seed}",
-                 "train.val_every=0", f"train.state_every={max(50, steps // 5)}"]
-    if model.key == "ulca":
-        overrides.append(f"method.relight.weights={relight}")
-    cfg = load_config(CONFIG_DIR / model.config, overrides)
-    log.info("training %s: %s, %d steps", model.key, model.config, steps)
+                 "train.val_every=0", f"train.state_every={max(50, steps // 5)}", *extra]
+    cfg = load_config(CONFIG_DIR / config, overrides)
+    log.info("training %s: %s, %d steps, seed %d", run_dir.name, config, steps, seed)
     metrics = train(cfg, run_dir, resume=True)
     if not metrics.get("finished"):
         raise KeyboardInterrupt
     return final
 
 
-def _evaluate(checkpoint: Path, dataset_name: str, root: Path, split: str, limit: int | None) -> dict[str, Any]:
+def score_checkpoint(checkpoint: Path, dataset_name: str, root: Path, split: str = "val",
+                     limit: int | None = None) -> dict[str, Any]:
+    """Return the `evaluate_dataset` scores (mIoU, per-class, mEF1, ...) of `checkpoint` on a dataset split."""
     from nightseg.commands.evaluate import evaluate_dataset
     from nightseg.data import build_dataset
     from nightseg.inference import Segmenter
@@ -167,13 +173,17 @@ def run_demo(out: str | Path = "nightseg-demo", quick: bool = False, seed: int =
     log.info("[1/5] synthetic day/night scenes -> %s", data)
     synthetic.generate(data, preset="small", size=plan.size, seed=seed, counts=plan.counts, progress=True)
     log.info("[2/5] Zero-DCE relighting trained on the synthetic night frames")
-    relight = _train_relight(data, out / "relight", plan.relight_epochs, seed)
+    relight = train_relight_on_night(data, out / "relight", plan.relight_epochs, seed)
     log.info("[3/5] training source-only, ULCA and the night oracle")
-    checkpoints = {m.key: _train(m, data, out / "runs", plan.steps[m.key], seed, relight) for m in MODELS}
+    checkpoints = {
+        m.key: train_recipe(m.config, data, out / "runs" / m.key, plan.steps[m.key], seed,
+                            [f"method.relight.weights={relight}"] if m.key == "ulca" else [])
+        for m in MODELS
+    }
     log.info("[4/5] scoring on synthetic night val (Dark Zurich layout) and day val (Cityscapes layout)")
     results = {
-        key: {"night": _evaluate(ckpt, "dark_zurich", data / "dark_zurich", "val", plan.eval_limit),
-              "day": _evaluate(ckpt, "cityscapes", data / "cityscapes", "val", plan.eval_limit)}
+        key: {"night": score_checkpoint(ckpt, "dark_zurich", data / "dark_zurich", "val", plan.eval_limit),
+              "day": score_checkpoint(ckpt, "cityscapes", data / "cityscapes", "val", plan.eval_limit)}
         for key, ckpt in checkpoints.items()
     }
     log.info("[5/5] report -> %s", out / "report.md")
