@@ -42,7 +42,7 @@ def _job(args: tuple) -> tuple[str, int, dict]:
     if scores_file.is_file():
         return row, seed, json.loads(scores_file.read_text())
     config = ROWS[row][0]
-    overrides = list(extra) + ["train.cpu_threads=1", "data.workers=0"]
+    overrides = [*extra, "train.cpu_threads=1", "data.workers=0"]
     if "ulca" in config:
         overrides.append(f"method.relight.weights={relight}")
     ckpt = train_recipe(config, Path(data), run_dir, steps, seed, overrides)
