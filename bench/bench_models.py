@@ -17,6 +17,7 @@ Sections:
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import subprocess
@@ -39,23 +40,21 @@ def count_flops(model: torch.nn.Module, x: torch.Tensor) -> float:
     return float(counter.get_total_flops())
 
 
-def time_forward(model: torch.nn.Module, x: torch.Tensor, repeats: int, mode: str) -> float:
-    """Return the fastest forward time (s) of `repeats` runs under no_grad or inference_mode.
-
-    The minimum, not the median: on a shared machine it is the run least disturbed by other processes.
-    """
+def time_forward(model: torch.nn.Module, x: torch.Tensor, mode: str) -> float:
+    """Return the time (s) of one forward pass under no_grad or inference_mode."""
     context = torch.inference_mode if mode == "inference_mode" else torch.no_grad
-    times = []
     with context():
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return min(times)
+        start = time.perf_counter()
+        model(x)
+        return time.perf_counter() - start
 
 
 def bench_model(name: str, height: int, width: int, repeats: int | None) -> dict:
-    """Return params, GFLOPs and latencies (s) of model `name` at height x width."""
+    """Return params, GFLOPs and the fastest latency (s) per setting of model `name` at height x width.
+
+    The settings are interleaved (one run of each per round) and the minimum over rounds is kept: on a
+    shared machine that compares them under the same load and takes the least disturbed run.
+    """
     model = DCENet().eval() if name == "zero_dce" else build_segmenter(name).eval()
     x = torch.rand(1, 3, height, width)
     params = sum(p.numel() for p in model.parameters())
@@ -63,22 +62,33 @@ def bench_model(name: str, height: int, width: int, repeats: int | None) -> dict
     heavy = gflops > HEAVY_GFLOPS
     n = repeats or (1 if heavy else 3)
     fused = fuse_batchnorm(model)
-    settings = {  # label: (model, channels_last, grad mode)
-        "no_grad": (model, False, "no_grad"),
-        "inference_mode": (model, False, "inference_mode"),
-        "+channels_last": (model, True, "inference_mode"),
-        "+fused_bn": (fused, False, "inference_mode"),
-        "+both": (fused, True, "inference_mode"),
+    last = torch.channels_last
+    settings = {  # label: (model, input, grad mode)
+        "no_grad": (model, x, "no_grad"),
+        "inference_mode": (model, x, "inference_mode"),
+        "+channels_last": (
+            copy.deepcopy(model).to(memory_format=last),
+            x.contiguous(memory_format=last),
+            "inference_mode",
+        ),
+        "+fused_bn": (fused, x, "inference_mode"),
+        "+both": (
+            copy.deepcopy(fused).to(memory_format=last),
+            x.contiguous(memory_format=last),
+            "inference_mode",
+        ),
     }
+    for net, inp, mode in settings.values():  # warm-up (at 1/16 of the pixels for heavy models)
+        time_forward(net, inp[..., : height // 4, : width // 4] if heavy else inp, mode)
+    times: dict[str, list[float]] = {label: [] for label in settings}
+    for _ in range(n):
+        for label, (net, inp, mode) in settings.items():
+            times[label].append(time_forward(net, inp, mode))
     row = {"name": name, "params_m": params / 1e6, "gflops": gflops, "repeats": n, "load": os.getloadavg()[0]}
-    for label, (net, channels_last, mode) in settings.items():
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        net = net.to(memory_format=fmt)
-        inp = x.contiguous(memory_format=fmt)
-        time_forward(net, inp[..., : height // 4, : width // 4] if heavy else inp, 1, mode)  # warm-up
-        row[label] = time_forward(net, inp, n, mode)
-        net.to(memory_format=torch.contiguous_format)
-        print(f"  {name:20s} {label:16s} {row[label]:8.3f} s", file=sys.stderr, flush=True)
+    row.update({label: min(t) for label, t in times.items()})
+    print(
+        f"  {name:20s} " + " ".join(f"{k}={v:.3f}" for k, v in row.items() if k in settings), file=sys.stderr
+    )
     return row
 
 
@@ -102,33 +112,38 @@ def models_table(names: list[str], height: int, width: int, repeats: int | None)
 def train_step_table(
     names: list[str], batch: int = 4, height: int = 128, width: int = 256, steps: int = 8
 ) -> None:
-    """Print wall time (median, min) and CPU time / threads of one SGD step per model."""
+    """Print wall time (median, min) and CPU time / threads of one SGD step per model.
+
+    The models take turns (one step each per round), so they see the same load.
+    """
     threads = torch.get_num_threads()
     print(
         f"\n| model | params (M) | step wall median (s) | step wall min (s) | step CPU time / {threads} threads (s) "
-        f"| load avg |  (batch {batch}, {width}x{height}, SGD + cross entropy)"
+        f"|  (batch {batch}, {width}x{height}, SGD + cross entropy; load avg {os.getloadavg()[0]:.1f})"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|")
+    torch.manual_seed(0)
+    x = torch.rand(batch, 3, height, width)
+    y = torch.randint(0, 19, (batch, height, width))
+    runs = {}
     for name in names:
-        torch.manual_seed(0)
         model = build_segmenter(name).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        x = torch.rand(batch, 3, height, width)
-        y = torch.randint(0, 19, (batch, height, width))
-        walls, cpus = [], []
-        for step in range(steps + 2):
+        runs[name] = (model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), [], [])
+    for step in range(steps + 1):
+        for model, optimizer, walls, cpus in runs.values():
             start, cpu = time.perf_counter(), time.process_time()
             loss = torch.nn.functional.cross_entropy(model(x), y, ignore_index=255)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            if step >= 2:
+            if step >= 1:  # the first step is a warm-up
                 walls.append(time.perf_counter() - start)
                 cpus.append(time.process_time() - cpu)
+    for name, (model, _, walls, cpus) in runs.items():
         params = sum(p.numel() for p in model.parameters()) / 1e6
         print(
             f"| {name} | {params:.2f} | {statistics.median(walls):.3f} | {min(walls):.3f} | "
-            f"{statistics.median(cpus) / threads:.3f} | {os.getloadavg()[0]:.1f} |",
+            f"{statistics.median(cpus) / threads:.3f} |",
             flush=True,
         )
 
@@ -181,7 +196,7 @@ def main() -> None:
     )
     parser.add_argument("--only", choices=["models", "train-step", "cross-attention"], help="run one section")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, help="timed runs per setting (default 3, 1 for heavy models)")
+    parser.add_argument("--repeats", type=int, help="timed rounds per model (default 3, 1 for heavy models)")
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=1024)
     args = parser.parse_args()

@@ -207,7 +207,8 @@ def report(r: dict) -> str:
     out.append("\n\nMean row: 0 = top of the frame, 1 = bottom. Row-profile TV: total-variation distance between "
                "the class's distributions over 10 row bins (0 = same place in the frame, 1 = disjoint).\n")
     out.append("\n**Exposure** (% of pixels per HSV V bin):\n\n| frame | mean V | " +
-               " | ".join(f"[{b / 10:.1f},{(b + 1) / 10:.1f})" for b in range(ROW_BINS)) + " |\n|---|---|" +
+               " | ".join(f"[{b / 10:.1f},{(b + 1) / 10:.1f}{')' if b < ROW_BINS - 1 else ']'}" for b in range(ROW_BINS))
+               + " |\n|---|---|" +
                "---|" * ROW_BINS)
     for key in ("night", "day"):
         out.append(f"\n| **synthetic {key}** (mean of {r['n_pairs']}) | {r['mean_v'][key]:.3f} | " +

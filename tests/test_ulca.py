@@ -208,11 +208,27 @@ def test_relight_and_cross_attention_switches(tmp_path, relight_weights, monkeyp
         ULCA(make_cfg(tmp_path, None))
 
 
-def test_separate_weak_forward_and_hard_target(tmp_path, relight_weights):
-    module = ULCA(make_cfg(tmp_path, relight_weights,
-                           {"consistency": {"share_weak_forward": False, "target": "hard"}}))
-    _, logged, encodes = run_step(module, make_batch())
-    assert encodes == 6 and math.isfinite(logged["train/kl"])
+@pytest.mark.parametrize(("share", "encodes", "grad_encodes"), [("weak", 5, 4), ("none", 6, 4), ("strong", 5, 3)])
+def test_shared_forward_variants_and_hard_target(tmp_path, relight_weights, share, encodes, grad_encodes):
+    module = ULCA(make_cfg(tmp_path, relight_weights, {"consistency": {"shared_forward": share, "target": "hard"}}))
+    grad_calls: list[bool] = []
+    backbone = module.model.segmenter.backbone
+    handle = backbone.register_forward_pre_hook(lambda *_: grad_calls.append(torch.is_grad_enabled()))
+    _, logged, n = run_step(module, make_batch())
+    handle.remove()
+    assert n == len(grad_calls) == encodes and sum(grad_calls) == grad_encodes
+    for term in ("seg", "static", "mix", "kl"):
+        assert math.isfinite(logged[f"train/{term}"]) and logged[f"train/{term}"] > 0, term
+
+
+def test_cross_attention_day_values_and_self_attention_for_unpaired_images(tmp_path, relight_weights):
+    module = ULCA(make_cfg(tmp_path, relight_weights, {"cross_attention": {"value": "day", "unpaired": "self"}}))
+    with torch.no_grad():
+        module.model.attention.alpha.fill_(0.1)  # so that the attention changes the features
+    total, logged, _ = run_step(module, make_batch())
+    total.backward()
+    assert math.isfinite(logged["train/loss"])
+    assert float(module.model.attention.value.weight.grad.abs().sum()) > 0  # V (from the day) trains
 
 
 def test_predict_relights_then_applies_test_policy(tmp_path, relight_weights):

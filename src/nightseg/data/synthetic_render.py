@@ -312,61 +312,80 @@ def _prim_emission(table: np.ndarray, pm: np.ndarray) -> list[tuple[np.ndarray, 
 def surface(flat: _Flat, cam: Camera, rng: np.random.Generator, night: bool, lit_share: float = 0.25) -> _Surface:
     """Rasterise; compute textured albedo, procedural patterns and (sparse) emission per pixel.
 
-    `lit_share`: the share of windows lit at night."""
+    `lit_share`: the share of windows lit at night. Patterns first scale a per-pixel brightness
+    multiplier (texture, paver joints, fence bars, leaves, window-grid dimming); colour changes (window
+    glass, sign bands, leaf tint) are applied to the few pixels concerned afterwards."""
     h, w = cam.height, cam.width
     pm = rasterize(flat, cam).ravel()
     geom = _Geom(flat, cam, pm)
     noise = _crop(h, w, rng).reshape(3, -1)
     scale = np.take(flat.attr[:, _C_SCALE].astype(np.int8), pm)
-    n_img = np.where(scale == 0, noise[0], np.where(scale == 1, noise[1], noise[2]))
-    amp = flat.attr[:, _C_TEX] * (0.5 if night else 1.0)
-    texmul = np.maximum(1.0 + np.take(amp, pm) * n_img, 0.2)
-    albedo = np.take(flat.attr[:, 0:3], pm, axis=0)
-    albedo *= texmul[:, None]
+    amp = flat.attr[:, _C_TEX] * (0.6 if night else 1.0)
+    texmul = np.take(amp, pm)
+    texmul *= np.where(scale == 0, noise[0], np.where(scale == 1, noise[1], noise[2]))
+    texmul += 1.0
+    np.maximum(texmul, 0.2, out=texmul)
     emission = _prim_emission(flat.emit if night else flat.emit_day, pm)
     glass: list[tuple[np.ndarray, np.ndarray]] = []
+    recolor: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []  # (idx, colour, mix weight or None)
+    tint: list[tuple[np.ndarray, np.ndarray]] = []  # (idx, green-channel factor)
 
     pat = np.take(flat.attr[:, _C_PAT].astype(np.int8), pm)
     for code in np.flatnonzero(np.bincount(pat, minlength=8)).tolist():
         if code == 0:
             continue
         idx = np.flatnonzero(pat == code)
+        if code == PAT_LEAVES:  # leafy clumps (image-space noise): no geometry needed
+            texmul[idx] *= np.clip(0.55 + 0.35 * noise[0][idx] + 0.25 * noise[1][idx], 0.15, 1.6)
+            tint.append((idx, np.clip(1.0 + 0.15 * noise[2][idx], 0.7, 1.3)))
+            continue
+        p = np.take(pm, idx)
+        prm = np.take(flat.params, p, axis=0)
+        if code == PAT_GLASS:  # vehicle windows: reflect the sky by day; params[0] = lit interior at night
+            glass.append((idx, np.full(len(idx), 0.6, dtype=np.float32)))
+            if night and prm[:, 0].any():
+                emission.append((idx, prm[:, 0:1] * np.array([0.3, 0.27, 0.2], dtype=np.float32)))
+            continue
         t, X, Y, Z = geom.at(idx)
-        ax = np.take(geom.axis, np.take(pm, idx))
+        ax = np.take(geom.axis, p)
         a = np.where(ax == AX_X, Z, X)
         b = np.where(ax == AX_Y, Z, Y)
-        prm = np.take(flat.params, np.take(pm, idx), axis=0)
         if code == PAT_FACADE:
-            _facade(idx, a, b, prm, t, cam, albedo, emission, glass, night, noise[1][idx], lit_share)
+            texmul[idx] *= _facade(idx, a, b, prm, t, cam, flat.attr, p, recolor, emission, glass, night,
+                                   noise[1][idx], lit_share)
         elif code == PAT_PAVERS:
             fa = np.mod(a / prm[:, 0], 1.0)
             fb = np.mod(b / prm[:, 1], 1.0)
             joint = np.flatnonzero(((fa < 0.07) | (fb < 0.07)) & (t < 25))
-            albedo[idx[joint]] *= (1.0 - 0.35 * prm[joint, 2])[:, None]
+            texmul[idx[joint]] *= 1.0 - 0.35 * prm[joint, 2]
         elif code == PAT_FENCE:
             spacing, hgt, density = prm[:, 1], prm[:, 2], prm[:, 3]
             fa = np.mod(a / spacing, 1.0)
             pix = spacing * cam.f / t
             solid = (fa < density) | (b > hgt - 0.08) | (np.abs(b - hgt * 0.15) < 0.05)
-            mix = np.where(pix > 2.5, np.where(solid, 1.0, 0.3), 0.3 + 0.7 * density)
-            albedo[idx] *= mix[:, None]
-        elif code == PAT_LEAVES:
-            leaf = np.clip(0.55 + 0.35 * noise[0][idx] + 0.25 * noise[1][idx], 0.15, 1.6)
-            albedo[idx] *= leaf[:, None]
-            albedo[idx, 1] *= np.clip(1.0 + 0.15 * noise[2][idx], 0.7, 1.3)
-        elif code == PAT_GLASS:  # vehicle windows: reflect the sky by day; params[0] = lit interior at night
-            glass.append((idx, np.full(len(idx), 0.6, dtype=np.float32)))
-            if night and prm[:, 0].any():
-                emission.append((idx, prm[:, 0:1] * np.array([0.3, 0.27, 0.2], dtype=np.float32)))
+            texmul[idx] *= np.where(pix > 2.5, np.where(solid, 1.0, 0.3), 0.3 + 0.7 * density)
+    albedo = np.take(flat.attr[:, 0:3], pm, axis=0)
+    albedo *= texmul[:, None]
+    for idx, col, mix in recolor:
+        if mix is None:
+            albedo[idx] = col
+        else:
+            sub = albedo[idx]
+            sub += (col - sub) * mix[:, None]
+            albedo[idx] = sub
+    for idx, g in tint:
+        albedo[idx, 1] *= g
     sky = np.flatnonzero(np.take(geom.axis, pm) == AX_SKY)
     return _Surface((h, w), pm, flat, geom, sky, albedo, emission, glass, noise)
 
 
-def _facade(idx, a, b, prm, t, cam, albedo, emission, glass, night: bool, inner: np.ndarray,
-            lit_share: float) -> None:
+def _facade(idx, a, b, prm, t, cam, attr, p, recolor, emission, glass, night: bool, inner: np.ndarray,
+            lit_share: float) -> np.ndarray:
     """Windows, shop fronts, doors, sign bands and cornices on building facades (facade coordinates in metres).
 
-    idx: flat pixel indices; a, b: position along the facade and height; prm: the facade parameters."""
+    idx: flat pixel indices; a, b: position along the facade and height; prm: the facade parameters; p:
+    the primitive of each pixel. Returns the brightness factor of each pixel; glass and sign colours go
+    to `recolor`, lit windows to `emission`."""
     origin, spacing, floor_h, ww, wh, shop, hgt, seed = prm.T
     colf = (a - origin) / spacing
     col = np.floor(colf)
@@ -381,7 +400,7 @@ def _facade(idx, a, b, prm, t, cam, albedo, emission, glass, night: bool, inner:
     near_glass = shopwin | (~shop_b & (b < 2.2) & (dfa < 0.18) & (np.mod(col, 3) == 1))  # + doors
     # the window grid fades where it would alias (windows under ~1.5 px): the facade just looks dimmer
     vis = np.clip((np.minimum(spacing * ww, floor_h * wh) * (cam.f / t) - 1.0) * (1 / 1.5), 0.0, 1.0)
-    albedo[idx] *= (1.0 - 0.25 * (1 - vis) * ww * wh - 0.25 * ((b > hgt - 0.5) | (np.abs(b - gf) < 0.1)))[:, None]
+    factor = 1.0 - 0.25 * (1 - vis) * ww * wh - 0.25 * ((b > hgt - 0.5) | (np.abs(b - gf) < 0.1))
     gi = np.flatnonzero(win | near_glass)
     if len(gi):
         ig = idx[gi]
@@ -389,9 +408,7 @@ def _facade(idx, a, b, prm, t, cam, albedo, emission, glass, night: bool, inner:
         h_tint = (hv * 16.0) % 1.0
         mixw = np.where(near_glass[gi], 1.0, vis[gi])
         glass_col = (0.05 + 0.05 * h_tint)[:, None] * np.array([1.0, 1.15, 1.35], dtype=np.float32)
-        sub = albedo[ig]
-        sub += (glass_col - sub) * mixw[:, None]
-        albedo[ig] = sub
+        recolor.append((ig, glass_col, mixw))
         glass.append((ig, mixw * 0.8))
         if night:
             warmth = np.stack([np.ones_like(h_tint), 0.75 + 0.2 * h_tint, 0.45 + 0.45 * h_tint], axis=1)
@@ -407,10 +424,11 @@ def _facade(idx, a, b, prm, t, cam, albedo, emission, glass, night: bool, inner:
     if len(band):  # shop sign bands: a colour per shop, lit at night for half of them
         hb = _hash(col[band], col[band] * 0 + 1, seed[band])
         sign = np.stack([hb, (hb * 8) % 1.0, (hb * 64) % 1.0], axis=1) * 0.6 + 0.05
-        albedo[idx[band]] = sign
+        recolor.append((idx[band], sign, None))
         if night:
             on = (hb * 2.0) % 1.0 < 0.5
             emission.append((idx[band[on]], sign[on] * 2.5))
+    return factor
 
 
 # --- shading -----------------------------------------------------------------------------------------------

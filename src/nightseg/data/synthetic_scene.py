@@ -10,8 +10,9 @@ beside them. Painter's order is given by (layer, distance) keys: ground first, t
 near, then standing objects far to near.
 
 A :class:`Scene` holds the static layout (road, sidewalks, buildings, poles, vegetation, ...) once and
-any number of dynamic sets (vehicles, people) sampled independently, so that a day/night pair shares
-its static layout but not its traffic.
+any number of dynamic sets (vehicles, people: `nightseg.data.synthetic_traffic`) sampled independently,
+so that a day/night pair shares its static layout but not its traffic. `sample_look` draws the lighting
+of the scene (sun and sky by day; lamp type, ambient, camera gain, noise and white balance by night).
 """
 
 from __future__ import annotations
@@ -738,11 +739,11 @@ class _Builder:
         look_lamp = self.lamp_color
         for s in (-1, 1):
             sd = st["sides"][s]
-            if s == -1 and rng.random() < 0.3:
+            if s == -1 and rng.random() < 0.2:
                 continue
             xc = sd["x_curb"] + s * 0.5
             zl = rng.uniform(0, 15)
-            spacing = rng.uniform(18, 32)
+            spacing = rng.uniform(15, 28)
             hl = rng.uniform(6, 9.5)
             arm = rng.uniform(0.8, 2.5)
             pc = jitter_color(rng, pick(rng, POLE_COLORS))
@@ -755,7 +756,7 @@ class _Builder:
                     P.add(quad_z(min(xa, xa - s * 0.6), max(xa, xa - s * 0.6), hl - 0.05, hl + 0.2, zl - 0.02),
                           L["pole"], jitter_color(rng, srgb(120, 120, 120)), AX_Z, zl - 0.02, LAYER_STAND, zl - 0.02,
                           emit=tuple(8.0 * c for c in look_lamp), order=2)
-                    P.lights.append(Light((xa - s * 0.3, hl - 0.1, zl), look_lamp, 30.0 * rng.uniform(0.6, 1.4),
+                    P.lights.append(Light((xa - s * 0.3, hl - 0.1, zl), look_lamp, 40.0 * rng.uniform(0.6, 1.4),
                                           direction=(0.0, -1.0, 0.0), exponent=1.5, glow=6.0))
                     if rng.random() < 0.25:
                         self._sign(xc, zl - 0.05, rng.uniform(2.2, 3.0), order=3)
@@ -822,7 +823,7 @@ def sample_look(rng: np.random.Generator) -> dict:
         "day_tint": rng.uniform(0.94, 1.06, 3).tolist(),
         "lamp": lamp,
         "lamp_color": LAMP_COLORS[lamp],
-        "ambient": float(rng.uniform(0.008, 0.024)),
+        "ambient": float(rng.uniform(0.012, 0.03)),
         "ambient_color": pick(rng, [(0.6, 0.7, 1.0), (1.0, 0.75, 0.5), (0.8, 0.8, 0.85)]),
         "skyglow": pick(rng, [(0.06, 0.05, 0.06), (0.08, 0.05, 0.03), (0.03, 0.035, 0.06)]),
         "skyglow_power": float(rng.uniform(0.5, 1.5)),

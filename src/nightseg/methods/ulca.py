@@ -99,7 +99,7 @@ class PseudoLabelParams:
     threshold: float = 0.4
     high: float = 0.8
     low: float = 0.2
-    weights: Literal["dannet_log", "inverse", "none"] = "dannet_log"
+    weights: Literal["dannet_log", "none"] = "dannet_log"
     """Class weights that multiply the fused scores before the argmax (DANNet: its log-normalised ones)."""
     restrict_to_static: bool = False
     """Static-loss label from the argmax over the static channels only (the literal Eq. 8) instead of
@@ -124,9 +124,11 @@ class ConsistencyParams:
     weight: float = 0.75
     target: Literal["soft", "hard"] = "soft"
     """Y_w as the weak branch's class distribution (Eq. 4's KL) or its one-hot argmax (FixMatch)."""
-    share_weak_forward: bool = True
-    """The night forward of the static loss is run on the weakly augmented B_n and doubles as the weak
-    branch (saves one forward); false: a separate no-gradient forward on weakly augmented B_n."""
+    shared_forward: Literal["weak", "none", "strong"] = "weak"
+    """Which night forward the static loss shares: ``weak`` (default) runs it on the weakly augmented B_n,
+    doubling as the weak branch; ``none`` runs it on B_n itself, plus a separate no-gradient weak
+    forward; ``strong`` runs it on the strongly augmented B_n, doubling as the strong branch, with pseudo
+    labels from a no-gradient weak forward (one gradient pass less: the cheapest, FixMatch-like)."""
     weak_noise_std: list[float] = field(default_factory=lambda: [0.0, 0.03])
     """Range of the per-image std of the weak Gaussian noise (images in [0,1])."""
     strong: dict[str, Any] = field(default_factory=dict)
@@ -365,10 +367,10 @@ class ULCA(SegmentationModule):
         zero = image_a.new_zeros(())
         terms: dict[str, torch.Tensor] = {}
 
-        # 1. frozen relighting of A, B_d, B_n (B_n with the weak noise when it doubles as the weak branch)
-        weak_shared = p.consistency.enabled and p.consistency.share_weak_forward
+        # 1. frozen relighting of A, B_d, B_n (B_n weakly augmented when a shared forward is its weak branch)
+        share = p.consistency.shared_forward if p.consistency.enabled else "none"
         relit_a, relit_day = self.relit(image_a), self.relit(day)
-        relit_night = self.relit(weak_augment(night, gen, self.weak) if weak_shared else night)
+        relit_night = self.relit(night if share == "none" else weak_augment(night, gen, self.weak))
 
         # 2. L_seg: class-weighted cross-entropy on the source image (Eq. 5-6)
         loss_seg = weighted_cross_entropy(self.segment(relit_a, policy=p.cross_attention.unpaired).float(),
@@ -376,14 +378,21 @@ class ULCA(SegmentationModule):
         terms["seg"] = loss_seg
 
         # 3. day prediction (no gradient: it only supplies pseudo labels and keys) and night prediction with
-        #    cross attention to the day features (Sec. 3.2)
+        #    cross attention to the day features (Sec. 3.2). `logits_night` is the night prediction that
+        #    trains (static loss), `logits_label` the one the pseudo labels come from.
         with torch.no_grad():
             day_features = self.model.encode(relit_day)
             logits_day = self.model.decode(day_features, relit_day.shape[-2:]).float()
         day_deep = day_features[-1] if p.cross_attention.enabled else None
-        logits_night = self.segment(relit_night, day=day_deep).float()
+        if share == "strong":
+            with torch.no_grad():
+                logits_label = self.segment(relit_night, day=day_deep).float()
+            relit_strong = self.relit(strong_augment(night, gen, self.strong))
+            logits_night = self.segment(relit_strong, day=day_deep).float()
+        else:
+            logits_night = logits_label = self.segment(relit_night, day=day_deep).float()
         pl = p.pseudo_label
-        fused = fuse_day_night(logits_day, logits_night, pl.mode, self.static_classes, pl.space,
+        fused = fuse_day_night(logits_day, logits_label, pl.mode, self.static_classes, pl.space,
                                pl.threshold, pl.high, pl.low)
 
         # 4. L_static on the night prediction against the day-corrected static pseudo label (Eq. 7-8)
@@ -407,15 +416,20 @@ class ULCA(SegmentationModule):
             terms["mix"] = loss_mix
             terms["mix_share"] = mask.float().mean()
 
-        # 6. L_kl: weak (detached) vs strong photometric augmentation of B_n (Eq. 4)
+        # 6. L_kl: weak (detached inside consistency_kl) vs strong photometric augmentation of B_n (Eq. 4)
         loss_kl = zero
         if p.consistency.enabled:
-            if weak_shared:
-                logits_weak = logits_night
+            if share == "strong":
+                logits_weak, logits_strong = logits_label, logits_night
             else:
-                with torch.no_grad():
-                    logits_weak = self.segment(self.relit(weak_augment(night, gen, self.weak)), day=day_deep).float()
-            logits_strong = self.segment(self.relit(strong_augment(night, gen, self.strong)), day=day_deep).float()
+                if share == "weak":
+                    logits_weak = logits_night
+                else:
+                    with torch.no_grad():
+                        relit_weak = self.relit(weak_augment(night, gen, self.weak))
+                        logits_weak = self.segment(relit_weak, day=day_deep).float()
+                relit_strong = self.relit(strong_augment(night, gen, self.strong))
+                logits_strong = self.segment(relit_strong, day=day_deep).float()
             loss_kl = consistency_kl(logits_strong, logits_weak, p.consistency.target)
             terms["kl"] = loss_kl
 

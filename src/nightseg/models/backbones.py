@@ -118,12 +118,14 @@ class MiTBackbone(nn.Module):
         from segmentation_models_pytorch.encoders import get_encoder
 
         name = f"mit_{variant}"
-        weights = "imagenet" if pretrained else None
-        self.encoder = fetch_weights(
-            lambda: get_encoder(name, in_channels=3, depth=5, weights=weights),
-            f"smp-hub/{name}.imagenet",
-            "the Hugging Face hub cache (~/.cache/huggingface/hub, or $HF_HOME/hub)",
-        )
+        if pretrained:
+            self.encoder = fetch_weights(
+                lambda: get_encoder(name, in_channels=3, depth=5, weights="imagenet"),
+                f"smp-hub/{name}.imagenet",
+                "the Hugging Face hub cache (~/.cache/huggingface/hub, or $HF_HOME/hub)",
+            )
+        else:
+            self.encoder = get_encoder(name, in_channels=3, depth=5, weights=None)
         # smp reports [input, dummy(0 channels), s4, s8, s16, s32]; keep the four real stages.
         self.channels = list(self.encoder.out_channels[2:])
 

@@ -83,7 +83,7 @@ def _deeplabv3plus(num_classes: int, pretrained: bool) -> tuple[nn.Module, nn.Mo
 def _segformer(variant: str) -> Callable[[int, bool], tuple[nn.Module, nn.Module]]:
     def build(num_classes: int, pretrained: bool) -> tuple[nn.Module, nn.Module]:
         backbone = MiTBackbone(variant, pretrained=pretrained)
-        embed_dim = 256 if variant == "b0" else 768  # as in the SegFormer paper
+        embed_dim = 256 if variant in ("b0", "b1") else 768  # as SegFormer (NVlabs configs): 256 for B0-B1
         return backbone, SegFormerHead(backbone.channels, num_classes, embed_dim)
 
     return build
