@@ -62,12 +62,12 @@ PLANS = {
     "full": DemoPlan(
         counts={"train": 300, "val": 60, "pairs": 300, "night_val": 60, "night_train": 300, "nightcity_val": 60},
         size=(128, 256), relight_epochs=2,
-        steps={"source_only": 1500, "ulca": 1000, "oracle": 1500}, eval_limit=None,
+        steps={"source_only": 500, "ulca": 150, "oracle": 500}, eval_limit=None,
     ),
     "quick": DemoPlan(
         counts={"train": 60, "val": 16, "pairs": 60, "night_val": 16, "night_train": 60, "nightcity_val": 16},
         size=(128, 256), relight_epochs=1,
-        steps={"source_only": 150, "ulca": 100, "oracle": 150}, eval_limit=None,
+        steps={"source_only": 60, "ulca": 20, "oracle": 60}, eval_limit=None,
     ),
 }
 
@@ -175,11 +175,13 @@ def run_demo(out: str | Path = "nightseg-demo", quick: bool = False, seed: int =
     log.info("[2/5] Zero-DCE relighting trained on the synthetic night frames")
     relight = train_relight_on_night(data, out / "relight", plan.relight_epochs, seed)
     log.info("[3/5] training source-only, ULCA and the night oracle")
-    checkpoints = {
-        m.key: train_recipe(m.config, data, out / "runs" / m.key, plan.steps[m.key], seed,
-                            [f"method.relight.weights={relight}"] if m.key == "ulca" else [])
-        for m in MODELS
-    }
+    # ULCA adapts the source-only model (as DANNet does) instead of starting from scratch
+    checkpoints: dict[str, Path] = {}
+    for m in MODELS:
+        extra = ["train.cpu_threads=1"]
+        if m.key == "ulca":
+            extra += [f"method.relight.weights={relight}", f"method.init_checkpoint={checkpoints['source_only']}"]
+        checkpoints[m.key] = train_recipe(m.config, data, out / "runs" / m.key, plan.steps[m.key], seed, extra)
     log.info("[4/5] scoring on synthetic night val (Dark Zurich layout) and day val (Cityscapes layout)")
     results = {
         key: {"night": score_checkpoint(ckpt, "dark_zurich", data / "dark_zurich", "val", plan.eval_limit),
