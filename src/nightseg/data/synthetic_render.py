@@ -437,13 +437,14 @@ _GAMMA_LUT = np.clip(np.power(np.arange(256) / 255.0, 2.0 / 2.2) * 255.0 + 0.5, 
 """Maps 8-bit gamma-2.0 codes to gamma-2.2 codes."""
 
 
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    """Linear light (HxWx3, clipped to [0, 1]) to 8-bit sRGB-like values (gamma 2.2).
+def _to_uint8(x: np.ndarray, gain: float = 1.0) -> np.ndarray:
+    """Exposed linear light (`gain` * x, HxWx3, clipped to [0, 1]) to 8-bit sRGB-like values (gamma 2.2).
 
-    Encoded as sqrt (gamma 2, fine steps in the dark) to 8 bits, then remapped by a lookup table: a few
-    fast OpenCV passes instead of a float power. Modifies `x`."""
+    Encoded as sqrt (gamma 2, fine steps in the dark; the gain folds into its scale) to 8 bits with
+    saturation, then remapped by a lookup table: a few fast OpenCV passes instead of a float power.
+    Modifies `x`."""
     np.maximum(x, 0.0, out=x)
-    return cv2.LUT(cv2.convertScaleAbs(cv2.sqrt(x), alpha=255.0), _GAMMA_LUT)
+    return cv2.LUT(cv2.convertScaleAbs(cv2.sqrt(x), alpha=255.0 * math.sqrt(gain)), _GAMMA_LUT)
 
 
 def _luma(x: np.ndarray) -> np.ndarray:
@@ -600,72 +601,78 @@ def shade_night(S: _Surface, cam: Camera, look: dict, lights: list[Light]) -> np
     return img
 
 
-def _bloom_sources(S: _Surface, cam: Camera, lights: list[Light], gain: float) -> np.ndarray:
-    """Point sources (visible lamps, head/tail lights) splatted where they are not occluded (HxWx3)."""
+def _bloom_splats(S: _Surface, cam: Camera, lights: list[Light], small: np.ndarray) -> None:
+    """Add the visible point sources (lamps, head/tail lights, traffic lights) that are not occluded to
+    `small`, the bloom source image at 1/4 resolution, in exposure-independent units."""
     h, w = S.shape
-    out = np.zeros((h, w, 3), dtype=np.float32)
     cand = [lt for lt in lights if lt.glow > 0 and lt.pos[2] - cam.z >= NEAR]
     if not cand:
-        return out
+        return
     P = np.array([lt.pos for lt in cand], dtype=np.float64)
     uv = cam.project(P)
-    inside = (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
-    k = np.flatnonzero(inside)
+    k = np.flatnonzero((uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h))
     if not len(k):
-        return out
+        return
     idx = uv[k, 1].astype(np.int64) * w + uv[k, 0].astype(np.int64)
     t = S.geom.at(idx)[0]
+    sh, sw = small.shape[:2]
     for j, i, tt in zip(k.tolist(), idx.tolist(), t.tolist()):
-        zc = P[j, 2] - cam.z
-        if tt >= zc - 1.0:
+        if tt >= P[j, 2] - cam.z - 1.0:
             lt = cand[j]
-            out[i // w, i % w] += np.array(lt.color, dtype=np.float32) * (lt.glow * gain * BLOOM_SPLAT)
-    return out
+            y, x = min(i // w * sh // h, sh - 1), min(i % w * sw // w, sw - 1)
+            small[y, x] += np.array(lt.color, dtype=np.float32) * (lt.glow * BLOOM_SPLAT / 16.0)
+
+
+def _exposure_stats(lin: np.ndarray, eps: float) -> tuple[np.ndarray, float]:
+    """(subsample of lin, log-mean luminance) from every 7th pixel: enough for auto exposure."""
+    sub = lin[::7]
+    return sub, float(np.exp(np.mean(np.log(_luma(sub) + eps))))
 
 
 def expose_night(lin: np.ndarray, S: _Surface, cam: Camera, look: dict, lights: list[Light],
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Exposure (capped gain), noise, partial white balance, bloom, tone curve -> (HxWx3 uint8, invalid)."""
+    """Exposure (capped gain), noise, partial white balance, bloom, tone curve -> (HxWx3 uint8, invalid).
+
+    Works in scene-linear units; the exposure gain is applied by the tone curve, so the shot + read noise
+    (relative to the signal, sigma^2 = shot/8 * signal + (read/8)^2) does not depend on it, while the
+    gain decides what is under-exposed and what saturates."""
     h, w = S.shape
-    lum = _luma(lin)
-    gain = min(look["night_key"] / float(np.exp(np.mean(np.log(lum + 1e-4)))), look["max_gain"])
-    # partial white balance (grey world over non-saturated pixels)
-    sel = (lum < 0.9 / gain).astype(np.float32)
-    m = (sel @ lin) / max(float(sel.sum()), 1.0) + 1e-6
-    wb = (m.mean() / m) ** look["wb"] * gain
-    # (no OpenCV arithmetic with Python scalars on 3-channel arrays here: OpenCV applies a scalar to the
-    # first channel only)
-    x = lin.reshape(h, w, 3) * wb.astype(np.float32)
-    # invalid: noise-free brightness too low to recognise anything
+    sub, logmean = _exposure_stats(lin, 1e-4)
+    gain = min(look["night_key"] / logmean, look["max_gain"])
+    # partial white balance (grey world over the non-saturated pixels of the subsample)
+    sel = (_luma(sub) < 0.9 / gain).astype(np.float32)
+    m = (sel @ sub) / max(float(sel.sum()), 1.0) + 1e-6
+    wb = ((m.mean() / m) ** look["wb"]).astype(np.float32)
+    x = lin.reshape(h, w, 3) * wb
+    # invalid: noise-free exposed brightness (HSV V) too low to recognise anything
     v_clean = np.maximum(np.maximum(x[..., 0], x[..., 1]), x[..., 2])
     k = max(3, (w // 128) | 1)
-    invalid = cv2.blur(v_clean, (k, k)) < INVALID_V ** 2.2
-    # shot + read noise, amplified by the gain: sigma^2 = shot * signal + read^2
-    shot, read = look["shot"] * gain / 8.0, (look["read"] * gain / 8.0) ** 2
-    sigma = np.maximum(x, 0.0)
-    sigma *= shot
-    sigma += read
-    x += cv2.multiply(cv2.sqrt(sigma), _crop(h, w, rng, sensor=True))
+    invalid = cv2.blur(v_clean, (k, k)) < INVALID_V ** 2.2 / gain
+    # photon (shot) + read noise, scaled by the luminance; partly low-frequency (tile)
+    sig = _luma(x.reshape(-1, 3))
+    np.maximum(sig, 0.0, out=sig)
+    sig *= look["shot"] / 8.0
+    sig += (look["read"] / 8.0) ** 2
+    x += _crop(h, w, rng, sensor=True) * cv2.sqrt(sig).reshape(h, w, 1)
     s = w / 512.0
     x = cv2.GaussianBlur(x, (0, 0), 0.35 * s + 0.3)
-    # bloom around everything that saturates and around visible point lights
-    src = np.maximum(x, 1.0)
-    src -= 1.0
-    src += _bloom_sources(S, cam, lights, gain * float(wb.mean() / gain))
-    small = cv2.resize(src, (max(w // 4, 8), max(h // 4, 4)), interpolation=cv2.INTER_AREA)
+    # bloom: halos around what saturates (at 1/4 resolution) and around visible point lights
+    small = cv2.resize(x, (max(w // 4, 8), max(h // 4, 4)), interpolation=cv2.INTER_AREA)
+    small = np.maximum(small - 1.0 / gain, 0.0)
+    _bloom_splats(S, cam, lights, small)
     bloom = cv2.addWeighted(cv2.GaussianBlur(small, (0, 0), 1.0 * s + 0.4), BLOOM_NEAR,
                             cv2.GaussianBlur(small, (0, 0), 5.0 * s + 1.0), BLOOM_WIDE, 0.0)
     x += cv2.resize(bloom, (w, h), interpolation=cv2.INTER_LINEAR)
-    return _to_uint8(x), invalid
+    return _to_uint8(x, gain), invalid
 
 
 def expose_day(lin: np.ndarray, look: dict, rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     """Auto-exposure on the log-mean luminance, mild sensor noise and softness, tone curve -> HxWx3 uint8."""
     h, w = shape
-    gain = look["day_key"] / float(np.exp(np.mean(np.log(_luma(lin) + 1e-3))))
-    x = cv2.scaleAdd(_crop(h, w, rng, sensor=True), 0.003, lin.reshape(h, w, 3) * np.float32(gain))
+    gain = look["day_key"] / _exposure_stats(lin, 1e-3)[1]
+    x = cv2.scaleAdd(_crop(h, w, rng, sensor=True), 0.003 / gain, lin.reshape(h, w, 3))
     x = cv2.GaussianBlur(x, (0, 0), 0.35 * w / 512.0 + 0.2)
-    return _to_uint8(x)
+    return _to_uint8(x, gain)
 
 
 def render(scene: Scene, dyn: int, night: bool, rng: np.random.Generator, camera: Camera | None = None,
