@@ -61,7 +61,7 @@ class DemoPlan:
 PLANS = {
     "full": DemoPlan(
         counts={"train": 300, "val": 60, "pairs": 300, "night_val": 60, "night_train": 300, "nightcity_val": 60},
-        size=(128, 256), relight_epochs=2,
+        size=(128, 256), relight_epochs=1,
         steps={"source_only": 500, "ulca": 150, "oracle": 500}, eval_limit=None,
     ),
     "quick": DemoPlan(

@@ -72,6 +72,7 @@ class _Flat:
     starts: np.ndarray  # (P + 1,) polygon start offsets into verts
     poly_prim: np.ndarray  # (P,) primitive index of each polygon
     attr: np.ndarray  # (n, K) float32 per-primitive attributes, columns _C_*
+    albedo: np.ndarray  # (n, 3) float32, contiguous copy of attr[:, 0:3]
     label: np.ndarray  # (n,) uint8 Cityscapes labelIds
     params: np.ndarray  # (n, 8) float32 pattern parameters
     emit: np.ndarray  # (n, 3) float32 night emission
@@ -143,7 +144,8 @@ def merge(*sets: PrimSet) -> _Flat:
         verts=verts[vidx],
         starts=starts,
         poly_prim=rank[poly_prim][porder],
-        attr=cat("attr"),
+        attr=(attr := cat("attr")),
+        albedo=np.ascontiguousarray(attr[:, 0:3]),
         label=cat("label"),
         params=cat("params"),
         emit=cat("emit"),
@@ -222,17 +224,18 @@ _TILE_CACHE: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
 
 def _noise_tiles(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Noise tiles of size (1.5h, 1.5w) from a fixed seed, cached per size: three smooth unit-variance
-    textures (fine, medium, coarse; shape (3, th, tw)) and sensor noise (th, w, 3): white noise plus
-    low-frequency blotches, as left by a camera's denoiser (cropped by rows only, so crops are contiguous)."""
+    """Noise tiles of 1.5h rows and w columns from a fixed seed, cached per size: three smooth unit-variance
+    textures (fine, medium, coarse; shape (3, 1.5h, w)) and sensor noise (1.5h, w, 3): white noise plus
+    low-frequency blotches, as left by a camera's denoiser. Frames use a random window of rows (rows
+    only, so that the windows are contiguous and cost no copy)."""
     key = (h, w)
     if key not in _TILE_CACHE:
         rng = np.random.default_rng(20240611)
-        th, tw = h + h // 2, w + w // 2
+        th = h + h // 2
         s = w / 512.0
         tiles = []
         for sigma in (0.7 * s, 2.5 * s, 9.0 * s):
-            n = rng.standard_normal((th, tw), dtype=np.float32)
+            n = rng.standard_normal((th, w), dtype=np.float32)
             n = cv2.GaussianBlur(n, (0, 0), max(sigma, 0.4), borderType=cv2.BORDER_REFLECT)
             tiles.append(n / (n.std() + 1e-6))
         white = rng.standard_normal((th, w, 3), dtype=np.float32)
@@ -243,10 +246,10 @@ def _noise_tiles(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _crop(h: int, w: int, rng: np.random.Generator, sensor: bool = False) -> np.ndarray:
-    """A random (h, w) window of the smooth tiles (3, h, w) or of the sensor-noise tile (h, w, 3)."""
+    """A random window of h rows of the smooth tiles (3, h*w, flat) or of the sensor-noise tile (h, w, 3)."""
     smooth, sn = _noise_tiles(h, w)
-    oy, ox = int(rng.integers(0, h // 2 + 1)), int(rng.integers(0, w // 2 + 1))
-    return sn[oy:oy + h] if sensor else smooth[:, oy:oy + h, ox:ox + w]
+    oy = int(rng.integers(0, h // 2 + 1))
+    return sn[oy:oy + h] if sensor else smooth[:, oy:oy + h].reshape(3, h * w)
 
 
 def _hash(a: np.ndarray, b: np.ndarray, seed: np.ndarray) -> np.ndarray:
@@ -318,7 +321,7 @@ def surface(flat: _Flat, cam: Camera, rng: np.random.Generator, night: bool, lit
     h, w = cam.height, cam.width
     pm = rasterize(flat, cam).ravel()
     geom = _Geom(flat, cam, pm)
-    noise = _crop(h, w, rng).reshape(3, -1)
+    noise = _crop(h, w, rng)
     scale = np.take(flat.attr[:, _C_SCALE].astype(np.int8), pm)
     amp = flat.attr[:, _C_TEX] * (0.6 if night else 1.0)
     texmul = np.take(amp, pm)
@@ -364,7 +367,7 @@ def surface(flat: _Flat, cam: Camera, rng: np.random.Generator, night: bool, lit
             pix = spacing * cam.f / t
             solid = (fa < density) | (b > hgt - 0.08) | (np.abs(b - hgt * 0.15) < 0.05)
             texmul[idx] *= np.where(pix > 2.5, np.where(solid, 1.0, 0.3), 0.3 + 0.7 * density)
-    albedo = np.take(flat.attr[:, 0:3], pm, axis=0)
+    albedo = np.take(flat.albedo, pm, axis=0)
     albedo *= texmul[:, None]
     for idx, col, mix in recolor:
         if mix is None:

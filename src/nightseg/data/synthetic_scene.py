@@ -294,8 +294,10 @@ def in_intersection(st: dict, z0: float, z1: float, side: int) -> bool:
 class _Builder:
     """Samples one street's static layout (road, sidewalks, buildings, furniture, vegetation) into `static`."""
 
-    def __init__(self, rng: np.random.Generator, height: int, width: int, domain: str):
+    def __init__(self, rng: np.random.Generator, height: int, width: int, domain: str,
+                 lamp_color: tuple[float, float, float]):
         self.rng = rng
+        self.lamp_color = lamp_color
         self.height, self.width, self.domain = height, width, domain
         self.static = PrimSet()
 
@@ -842,9 +844,8 @@ def build_scene(rng: np.random.Generator, height: int, width: int, domain: str =
     """Sample one street scene: layout, camera, look and `n_dynamic` independent traffic sets."""
     from nightseg.data.synthetic_traffic import sample_traffic  # (imports this module)
 
-    b = _Builder(rng, height, width, domain)
     look = sample_look(rng)
-    b.lamp_color = look["lamp_color"]
+    b = _Builder(rng, height, width, domain, look["lamp_color"])
     st, cam = b.build_static()
     dyn_rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(int(rng.integers(1 << 62))).spawn(n_dynamic)]
     dynamics = [sample_traffic(r, st, cam) for r in dyn_rngs]
