@@ -9,7 +9,10 @@ and the wall time of whole presets written to a temporary folder (tiny by defaul
 times in a row; "best" is the mean over items of each item's fastest run (the least disturbed by
 other processes on a shared machine), "median" the median of all runs.
 
+``--profile`` also prints the CPU time of each stage of a pair (best of 4 repeats over 8 pairs).
+
     .venv/bin/python bench/bench_synthetic.py [--size 256x512] [--pairs 20] [--repeats 3] [--presets tiny]
+        [--profile]
 """
 
 from __future__ import annotations
@@ -53,12 +56,55 @@ def _time(fn, n: int, repeats: int) -> tuple[float, float, float]:
     return float(np.mean(best)), statistics.median(walls), float(np.mean(cpus))
 
 
+def profile_stages(h: int, w: int, n: int = 8, repeats: int = 4) -> dict[str, float]:
+    """CPU ms per pair spent in each stage (build, merge, rasterise, ...), best of `repeats`."""
+    import nightseg.data.synthetic_render as R
+    import nightseg.data.synthetic_scene as SC
+
+    spent: dict[str, float] = {}
+    stages = {"layout + 2 traffic sets": (SC, "build_scene"), "merge primitives": (R, "merge"),
+              "rasterise": (R, "rasterize"), "facades": (R, "_facade"), "surface (incl. the two above)": (R, "surface"),
+              "day shading": (R, "shade_day"), "day exposure": (R, "expose_day"), "night shading": (R, "shade_night"),
+              "night exposure, noise, bloom": (R, "expose_night")}
+    originals = {}
+    for name, (mod, fn) in stages.items():
+        f = getattr(mod, fn)
+        originals[(mod, fn)] = f
+
+        def timed(*a, _f=f, _name=name, **k):
+            c = time.process_time()
+            out = _f(*a, **k)
+            spent[_name] = spent.get(_name, 0.0) + time.process_time() - c
+            return out
+
+        setattr(mod, fn, timed)
+    import nightseg.data.synthetic as S
+
+    S.build_scene = SC.build_scene
+    best: dict[str, float] = {}
+    try:
+        for _ in range(repeats):
+            spent.clear()
+            c0 = time.process_time()
+            for i in range(n):
+                make_sample("pairs", i, seed=1, size=(h, w))
+            spent["TOTAL"] = time.process_time() - c0
+            for k, v in spent.items():
+                best[k] = min(best.get(k, 1e9), v / n * 1e3)
+    finally:
+        for (mod, fn), f in originals.items():
+            setattr(mod, fn, f)
+        S.build_scene = originals[(SC, "build_scene")]
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="256x512")
     ap.add_argument("--pairs", type=int, default=20, help="items per repeat")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--presets", default="tiny", help="comma-separated presets to time end to end ('' for none)")
+    ap.add_argument("--profile", action="store_true", help="also print the CPU time of each stage")
     args = ap.parse_args()
     cv2.setNumThreads(1)
     h, w = (int(v) for v in args.size.lower().split("x"))
@@ -86,6 +132,10 @@ def main() -> None:
     for name, fn in rows:
         best, med, cpu = _time(fn, args.pairs, args.repeats)
         print(f"{name:36s} {best * 1e3:8.1f} {med * 1e3:10.1f} {cpu * 1e3:7.1f} {1 / best:8.1f} {1 / med:10.1f}")
+    if args.profile:
+        print("CPU ms per pair by stage (best of 4 repeats over 8 pairs):")
+        for k, v in profile_stages(h, w).items():
+            print(f"  {k:32s} {v:6.1f}")
     for preset in [p for p in args.presets.split(",") if p]:
         out = tmp / preset
         t0 = time.perf_counter()

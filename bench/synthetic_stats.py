@@ -91,8 +91,9 @@ class LabelStats:
         return self.rows / np.maximum(self.rows.sum(axis=1, keepdims=True), 1)
 
     def mean_row(self) -> np.ndarray:
+        """Per class, the mean row of its pixels (0 top, 1 bottom); NaN for absent classes."""
         centers = (np.arange(ROW_BINS) + 0.5) / ROW_BINS
-        return (self.profile() * centers).sum(axis=1)
+        return np.where(self.pixels > 0, (self.profile() * centers).sum(axis=1), np.nan)
 
 
 def undo_offset(day, night, labels: np.ndarray) -> np.ndarray:
@@ -179,17 +180,22 @@ def measure(n: int, size: tuple[int, int], seed: int) -> tuple[dict, dict]:
             "n_maps": bdd.n, "class_freq": bdd.freq().tolist(),
             "kl_bdd_synth_night": kl(bdd.freq(), f_night),
             "mean_row_bdd": bdd.mean_row().tolist(), "mean_row_synth_night": night_lab.mean_row().tolist(),
-            "profile_tv": (0.5 * np.abs(bdd.profile() - night_lab.profile()).sum(axis=1)).tolist(),
+            "profile_tv": np.where((bdd.pixels > 0) & (night_lab.pixels > 0),
+                                   0.5 * np.abs(bdd.profile() - night_lab.profile()).sum(axis=1), np.nan).tolist(),
             "profile_bdd": bdd.profile().tolist(), "profile_synth_night": night_lab.profile().tolist(),
         }
     return res, examples
+
+
+def _f(v: float, fmt: str = ".2f") -> str:
+    return "-" if v is None or v != v else format(v, fmt)
 
 
 def report(r: dict) -> str:
     """Markdown tables of the measured properties."""
     out = []
     out.append(f"Scenes: {r['n_scenes']} labelled day + {r['n_scenes']} labelled night + {r['n_pairs']} pairs at "
-               f"{r['size'][0]}x{r['size'][1]}, seed {r['seed']}.\n")
+               f"{r['size'][0]}x{r['size'][1]}, seed {r['seed']}.\n\n")
     out.append(f"**Class frequencies.** KL(Cityscapes || synthetic day) = **{r['kl_cityscapes_day']:.3f} nats** "
                f"(night: {r['kl_cityscapes_night']:.3f}); classes present: {r['classes_present_day']}/19 by day, "
                f"{r['classes_present_night']}/19 by night.")
@@ -205,7 +211,7 @@ def report(r: dict) -> str:
         if "bdd" in r:
             b = r["bdd"]
             row += (f" {100 * b['class_freq'][k]:.2f} % | {100 * r['class_freq_night'][k]:.2f} % | "
-                    f"{b['mean_row_bdd'][k]:.2f} | {b['mean_row_synth_night'][k]:.2f} | {b['profile_tv'][k]:.2f} |")
+                    f"{_f(b['mean_row_bdd'][k])} | {_f(b['mean_row_synth_night'][k])} | {_f(b['profile_tv'][k])} |")
         else:
             row += " - | - | - | - | - |"
         out.append(row)
@@ -355,6 +361,14 @@ def domain_gap(steps: int, seed: int, size: tuple[int, int], n_train: int = 200,
     return r
 
 
+def _nan_to_none(v):
+    if isinstance(v, dict):
+        return {k: _nan_to_none(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_nan_to_none(x) for x in v]
+    return None if isinstance(v, float) and v != v else v
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=300, help="labelled day and night scenes (pairs: n/3)")
@@ -380,7 +394,7 @@ def main() -> None:
               f"model {g['night_model_night']:.1f} at night ({100 * g['night_reaches']:.0f} % of the day model's "
               "day mIoU, target >= 80 %).")
     if args.json:
-        args.json.write_text(json.dumps(r, indent=1))
+        args.json.write_text(json.dumps(_nan_to_none(r), indent=1))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from nightseg.data.synthetic_scene import Scene, build_scene
 from nightseg.errors import UserError
 from nightseg.io import atomic_path, write_json, write_png
 
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 """Bumped whenever the same seed would produce different pixels."""
 
 
