@@ -2,11 +2,14 @@
 over several seeds, scored on synthetic night val and day val. Prints a Markdown table (mean +- std)
 and writes every score to ``OUT/results.json``.
 
-    python bench/synthetic_benchmark.py --out runs/benchmark --seeds 0 1 2 --steps 600 --jobs 2
+    python bench/synthetic_benchmark.py --out runs/benchmark --seeds 0 1 2 --jobs 2
 
-Runs are resumable (rerun the same command). Each job trains with one torch thread; ``--jobs`` runs
-that many in parallel. Zero-DCE: the official weights from ../shared/realdata when present (as the
-paper uses a pretrained relighting net), else weights trained on the synthetic night frames.
+The protocol is the demo's (`nightseg.demo`): the synthetic ``small`` set (128x256), source-only and the
+oracle trained from scratch for ``--steps`` steps, and every ULCA row *fine-tuning that seed's
+source-only model* for ``--ulca-steps`` steps (as DANNet and seed 000 adapt a Cityscapes-trained
+PSPNet), with a Zero-DCE trained on the synthetic night frames (``--relight official`` uses the
+official weights from ../shared/realdata instead). Runs are resumable (rerun the same command). Each
+job trains with one torch thread; ``--jobs`` runs that many in parallel.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ OFFICIAL_DCE = Path(__file__).resolve().parents[1].parent / "shared" / "realdata
 
 
 def _job(args: tuple) -> tuple[str, int, dict]:
-    row, seed, data, out, steps, relight, extra = args
+    row, seed, data, out, steps, relight, extra = args  # steps: {"supervised": n, "ulca": n}
     import torch
 
     torch.set_num_threads(1)
@@ -43,9 +46,11 @@ def _job(args: tuple) -> tuple[str, int, dict]:
         return row, seed, json.loads(scores_file.read_text())
     config = ROWS[row][0]
     overrides = [*extra, "train.cpu_threads=1", "data.workers=0"]
-    if "ulca" in config:
-        overrides.append(f"method.relight.weights={relight}")
-    ckpt = train_recipe(config, Path(data), run_dir, steps, seed, overrides)
+    kind = "ulca" if "ulca" in config else "supervised"
+    if kind == "ulca":
+        source = Path(out) / f"source_only_seed{seed}" / "checkpoints" / "last.safetensors"
+        overrides += [f"method.relight.weights={relight}", f"method.init_checkpoint={source}"]
+    ckpt = train_recipe(config, Path(data), run_dir, steps[kind], seed, overrides)
     scores = {"night": score_checkpoint(ckpt, "dark_zurich", Path(data) / "dark_zurich"),
               "day": score_checkpoint(ckpt, "cityscapes", Path(data) / "cityscapes")}
     scores_file.write_text(json.dumps(scores))
@@ -65,7 +70,9 @@ def main() -> None:
     parser.add_argument("--out", default="runs/benchmark")
     parser.add_argument("--data", default=None, help="synthetic set (default OUT/data, generated if missing)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=None, help="source-only/oracle steps (default: the demo's)")
+    parser.add_argument("--ulca-steps", type=int, default=None, help="ULCA fine-tuning steps (default: the demo's)")
+    parser.add_argument("--relight", choices=["synthetic", "official"], default="synthetic")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--override", nargs="*", default=[], help="extra config overrides for every run")
@@ -79,20 +86,28 @@ def main() -> None:
     data = Path(args.data) if args.data else out / "data"
     plan = PLANS["full"]
     synthetic.generate(data, preset="small", size=plan.size, seed=0, counts=plan.counts)
-    relight = OFFICIAL_DCE if OFFICIAL_DCE.is_file() else train_relight_on_night(data, out / "relight", 2, 0)
-    jobs = [(row, seed, str(data), str(out), args.steps, str(relight), args.override)
-            for seed in args.seeds for row in args.rows]
+    if args.relight == "official":
+        relight = OFFICIAL_DCE
+    else:
+        relight = train_relight_on_night(data, out / "relight", plan.relight_epochs, 0)
+    steps = {"supervised": args.steps or plan.steps["source_only"], "ulca": args.ulca_steps or plan.steps["ulca"]}
+    rows = [r for r in args.rows if r != "source_only"]
+    # phase 1: source-only (every ULCA row starts from it) and the oracle; phase 2: the ULCA rows
+    phases = [["source_only"] + [r for r in rows if "ulca" not in ROWS[r][0]], [r for r in rows if "ulca" in ROWS[r][0]]]
     results: dict[str, dict[int, dict]] = {}
     with mp.get_context("spawn").Pool(args.jobs) as pool:
-        for row, seed, scores in pool.imap_unordered(_job, jobs):
-            results.setdefault(row, {})[seed] = scores
-            print(f"done {row} seed {seed}: night mIoU {100 * scores['night']['mIoU']:.1f} "
-                  f"day mIoU {100 * scores['day']['mIoU']:.1f}", flush=True)
-    (out / "results.json").write_text(json.dumps({"steps": args.steps, "seeds": args.seeds,
+        for phase in phases:
+            jobs = [(row, seed, str(data), str(out), steps, str(relight), args.override)
+                    for seed in args.seeds for row in phase]
+            for row, seed, scores in pool.imap_unordered(_job, jobs):
+                results.setdefault(row, {})[seed] = scores
+                print(f"done {row} seed {seed}: night mIoU {100 * scores['night']['mIoU']:.1f} "
+                      f"day mIoU {100 * scores['day']['mIoU']:.1f}", flush=True)
+    (out / "results.json").write_text(json.dumps({"steps": steps, "seeds": args.seeds,
                                                    "relight": str(relight), "results": results}, indent=1))
-    print(f"\n{len(args.seeds)} seeds, {args.steps} steps each; mean ± std of IoU in %\n")
+    print(f"\n{len(args.seeds)} seeds; steps {steps}; mean ± std of IoU in %\n")
     print("| method | night mIoU | night mEF1 | day mIoU |\n|---|---|---|---|")
-    for row in args.rows:
+    for row in [r for r in ROWS if r in results]:
         runs = list(results[row].values())
         print(f"| {ROWS[row][1]} | {_mean_std([r['night']['mIoU'] for r in runs])} "
               f"| {_mean_std([r['night']['exposure']['mEF1'] for r in runs])} "

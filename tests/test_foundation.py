@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -85,6 +86,9 @@ def test_write_png_is_atomic_and_round_trips(tmp_path):
     assert np.asarray(Image.open(tmp_path / "c.png")).tolist() == [[0, 65535]]
     write_json(tmp_path / "m.json", {"a": 1})
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 def test_checkpoint_round_trip_and_mismatch_errors(tmp_path):
