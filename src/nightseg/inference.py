@@ -202,14 +202,16 @@ def _build_segmenter(config: dict[str, Any], source: Path) -> nn.Module:
 
 
 def load_inference_net(
-    path: str | os.PathLike, relight: str | os.PathLike | bool | None = None
+    path: str | os.PathLike, relight: str | os.PathLike | bool | None = None,
+    night2day: str | os.PathLike | None = None,
 ) -> tuple[InferenceNet, dict[str, Any]]:
     """Return (eval-mode `InferenceNet`, checkpoint metadata) for a NightSeg ``.safetensors`` checkpoint.
 
     `relight`: None uses the relighting net the checkpoint bundles (ULCA exports one under ``relight.*``)
     or none; False never relights; True uses the bundled net, else ``$NIGHTSEG_RELIGHT_WEIGHTS``; a path
-    loads those weights (official ``Epoch99.pth`` or ``nightseg relight train`` output). Raises a
-    UserError naming the file on wrong architecture / class count / missing weights.
+    loads those weights (official ``Epoch99.pth`` or ``nightseg relight train`` output). `night2day`: a
+    ``nightseg translate train`` checkpoint whose night->day generator runs in the relighting step's place.
+    Raises a UserError naming the file on wrong architecture / class count / missing weights.
     """
     path = Path(path)
     tensors, meta = load_checkpoint(path)
@@ -242,6 +244,12 @@ def load_inference_net(
         from nightseg.models.relight import load_dce_weights
 
         net = load_dce_weights(Path(relight))
+    if night2day is not None:  # seed 004, method 1: a CycleGAN generator takes the relighting step's place
+        if net is not None:
+            raise UserError(f"{night2day}: --night2day replaces relighting, but {path} would relight; add --no-relight")
+        from nightseg.models.translator import load_translator
+
+        net = load_translator(night2day, "night2day")
     curve_scale = 1.0
     method_cfg = (meta.get("config") or {}).get("method") or {}
     if net is not None and net is bundled and isinstance(method_cfg.get("relight"), dict):
@@ -370,6 +378,7 @@ class Segmenter:
         backend: str = "torch",
         fuse: bool = True,
         channels_last: bool = True,
+        night2day: str | os.PathLike | None = None,
     ) -> Segmenter:
         """Return a Segmenter for a NightSeg checkpoint (``.safetensors`` + ``.json``) or an exported ``.onnx``.
 
@@ -377,7 +386,8 @@ class Segmenter:
         checkpoint's own relighting net if it has one). `tta`: a `TTA` or a spec like ``"flip,0.75,1,1.25"``.
         `sliding`: sliding-window settings (None: whole image). `backend`: ``"torch"`` or ``"onnx"`` (a
         ``.safetensors`` checkpoint is then exported to a temporary ONNX file first). `fuse` folds
-        BatchNorm into the convolutions (torch backend).
+        BatchNorm into the convolutions (torch backend). `night2day`: a ``nightseg translate train`` checkpoint
+        whose night->day generator runs before the segmenter (seed 004, method 1; see `load_inference_net`).
         """
         if backend not in BACKENDS:
             raise UserError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")
@@ -387,11 +397,11 @@ class Segmenter:
         tta = TTA.parse(tta) if isinstance(tta, str) or tta is None else tta
         path = Path(path)
         if path.suffix == ".onnx":
-            if relight not in (None, False):
-                raise UserError(f"{path}: an exported ONNX model already contains its relighting step; drop --relight")
+            if relight not in (None, False) or night2day is not None:
+                raise UserError(f"{path}: an exported ONNX model already contains its relighting step; drop --relight/--night2day")
             onnx_net = OnnxNet(path, dev)
             return cls(onnx_net, onnx_net.num_classes, dev, sliding=sliding, tta=tta, metadata=onnx_net.meta)
-        net, meta = load_inference_net(path, relight)
+        net, meta = load_inference_net(path, relight, night2day)
         if backend == "onnx":
             from nightseg.export import export_onnx
 

@@ -84,6 +84,8 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
                    help="relight with Zero-DCE first: the checkpoint's own net, else $NIGHTSEG_RELIGHT_WEIGHTS, "
                         "or the weights W (Epoch99.pth / .safetensors); default: only if the checkpoint bundles one")
     p.add_argument("--no-relight", action="store_true", help="never relight, even if the checkpoint bundles a net")
+    p.add_argument("--night2day", type=Path, metavar="CKPT",
+                   help="translate each image night->day first with a `nightseg translate train` generator (seed 004)")
     p.add_argument("--sliding", action="store_true", help="sliding-window instead of whole-image inference")
     p.add_argument("--window", help="sliding window HxW (default 512x512)")
     p.add_argument("--stride", help="sliding stride HxW (default 2/3 of the window)")
@@ -374,7 +376,7 @@ def build_segmenter_from_args(args: argparse.Namespace) -> Segmenter:
     if not args.sliding and (args.window or args.stride):
         raise UserError("--window/--stride: only used with --sliding")
     return Segmenter.from_checkpoint(args.checkpoint, device=args.device, relight=relight, tta=args.tta,
-                                     sliding=sliding, backend=args.backend)
+                                     sliding=sliding, backend=args.backend, night2day=args.night2day)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,242 @@
+"""Seed 004 day<->night CycleGAN: losses, image pool, train/resume/apply, translated datasets, predict --night2day."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nightseg.checkpoint import load_checkpoint, save_checkpoint
+from nightseg.io import read_image, read_label
+from nightseg.models.translator import ImagePool, PatchDiscriminator, ResnetGenerator, load_translator
+from nightseg.translation import (
+    TranslatorSettings,
+    cycle_loss,
+    discriminator_loss,
+    identity_loss,
+    lsgan_loss,
+    train_translator,
+    translate_array,
+)
+
+SIZE = (32, 64)
+TINY = ["--size", "32x64", "--channels", "8", "--blocks", "1", "--disc-channels", "8", "--threads", "1"]
+
+
+# --------------------------------------------------------------------------------------------- losses
+def test_lsgan_loss_matches_hand_computed_values():
+    pred = torch.tensor([0.2, 0.9])
+    assert lsgan_loss(pred, True).item() == pytest.approx((0.8**2 + 0.1**2) / 2)  # 0.325
+    assert lsgan_loss(pred, False).item() == pytest.approx((0.2**2 + 0.9**2) / 2)  # 0.425
+    d = discriminator_loss(torch.tensor([0.9, 0.7]), torch.tensor([0.2, 0.4]))
+    assert d.item() == pytest.approx(0.5 * ((0.01 + 0.09) / 2 + (0.04 + 0.16) / 2))  # 0.075
+
+
+def test_cycle_and_identity_losses_match_hand_computed_values():
+    real = torch.tensor([0.0, 1.0, 0.5, -1.0])
+    other = torch.tensor([0.1, 0.5, 0.5, -0.6])  # |diff| = 0.1, 0.5, 0, 0.4 -> mean 0.25
+    assert cycle_loss(real, other).item() == pytest.approx(2.5)  # lambda 10
+    assert cycle_loss(real, other, weight=4.0).item() == pytest.approx(1.0)
+    assert identity_loss(real, other).item() == pytest.approx(1.25)  # 0.5 * lambda
+    assert cycle_loss(real, real).item() == 0.0
+
+
+def test_linear_lr_decay():
+    s = TranslatorSettings(steps=10, lr=1.0, decay_start=0.5)
+    assert [s.lr_at(t) for t in range(5)] == [1.0] * 5
+    assert s.lr_at(5) == pytest.approx(1.0)
+    assert s.lr_at(9) == pytest.approx(0.2)
+    assert s.lr_at(10) == pytest.approx(0.0)
+
+
+def test_networks_shapes():
+    g = ResnetGenerator(channels=8, blocks=2)
+    x = torch.rand(2, 3, 32, 64) * 2 - 1
+    y = g(x)
+    assert y.shape == x.shape and y.abs().max() <= 1.0
+    d = PatchDiscriminator(channels=8, layers=3)
+    assert d(torch.rand(1, 3, 256, 256)).shape == (1, 1, 30, 30)  # 70x70 PatchGAN on 256x256: 30x30 patches
+
+
+# --------------------------------------------------------------------------------------------- image pool
+def _images(n: int) -> torch.Tensor:
+    return torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 2, 2).clone()
+
+
+def test_image_pool_fills_then_swaps_half_the_time():
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(ImagePool(0).query(_images(3), g), _images(3))  # size 0: off
+    pool = ImagePool(4)
+    first = pool.query(_images(4), g)
+    assert torch.equal(first, _images(4)) and len(pool.images) == 4  # filling: returned as given
+    swaps = 0
+    for k in range(4, 404):
+        before = sorted(float(im[0, 0, 0, 0]) for im in pool.images)
+        out = float(pool.query(_images(k + 1)[k:], g)[0, 0, 0, 0])
+        after = sorted(float(im[0, 0, 0, 0]) for im in pool.images)
+        if out == k:  # the new image itself; pool unchanged
+            assert after == before
+        else:  # a stored image came out and the new one took its place
+            swaps += 1
+            assert out in before and k in after and out not in after and len(after) == 4
+    assert 160 < swaps < 240  # probability 1/2
+
+
+def test_image_pool_is_deterministic_and_restorable():
+    def run(pool: ImagePool, seed: int) -> list[float]:
+        g = torch.Generator().manual_seed(seed)
+        return [float(pool.query(_images(k + 1)[k:], g)[0, 0, 0, 0]) for k in range(20)]
+
+    a, b = ImagePool(5), ImagePool(5)
+    assert run(a, 3) == run(b, 3)
+    c = ImagePool(5)
+    c.load(a.state())
+    assert torch.equal(c.state(), a.state()) and run(c, 9) == run(a, 9)
+
+
+# --------------------------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from nightseg.data import synthetic
+
+    root = tmp_path_factory.mktemp("synth")
+    synthetic.generate(root, preset="tiny", size=SIZE, seed=0, progress=False)
+    return root
+
+
+def _day_night(data: Path) -> tuple[list[Path], list[Path]]:
+    from nightseg.io import list_images
+
+    return (list_images(data / "cityscapes" / "leftImg8bit" / "train"),
+            list_images(data / "dark_zurich" / "rgb_anon" / "train" / "night"))
+
+
+def test_resumed_training_equals_uninterrupted(data, tmp_path, monkeypatch):
+    import nightseg.translation as tr
+
+    torch.set_num_threads(1)
+    day, night = _day_night(data)
+    s = TranslatorSettings(steps=4, size=SIZE, channels=8, blocks=1, disc_channels=8, pool_size=2, seed=1)
+    train_translator(day, night, tmp_path / "full", s, save_every=2, sample_every=0, progress=False)
+    real_step, calls = tr.training_step, []
+
+    def dying_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(tr, "training_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_translator(day, night, tmp_path / "cut", s, save_every=2, sample_every=0, progress=False)
+    monkeypatch.setattr(tr, "training_step", real_step)
+    assert load_checkpoint(tmp_path / "cut" / "translator.safetensors")[1]["training"]["steps_done"] == 2
+    result = train_translator(day, night, tmp_path / "cut", s, save_every=2, sample_every=0, progress=False)
+    assert result["history"][-1]["step"] == 4
+    full, _ = load_checkpoint(tmp_path / "full" / "translator.safetensors")
+    cut, _ = load_checkpoint(tmp_path / "cut" / "translator.safetensors")
+    assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full)
+    with pytest.raises(Exception, match="other settings"):
+        train_translator(day, night, tmp_path / "cut", TranslatorSettings(steps=5, size=SIZE, channels=8, blocks=1),
+                         progress=False)
+
+
+@pytest.fixture(scope="module")
+def translator(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from nightseg.cli import main
+
+    run = tmp_path_factory.mktemp("translator")
+    code = main(["translate", "train", "--day", str(data / "cityscapes" / "leftImg8bit" / "train"),
+                 "--night", str(data / "dark_zurich" / "rgb_anon" / "train" / "night"), "--out", str(run),
+                 "--steps", "3", "--sample-every", "3", *TINY])
+    assert code == 0
+    return run / "translator.safetensors"
+
+
+def test_train_cli_writes_generators_state_and_samples(translator, data, run_cli):
+    run = translator.parent
+    tensors, meta = load_checkpoint(translator)
+    assert meta["model"]["generator"] == {"channels": 8, "blocks": 1} and meta["training"]["steps_done"] == 3
+    assert any(k.startswith("G_day2night.") for k in tensors) and any(k.startswith("G_night2day.") for k in tensors)
+    assert (run / "state" / "state.json").is_file()
+    grid = read_image(run / "samples" / "step_000003.png")
+    assert grid.shape == (6 * (SIZE[0] + 4), 3 * SIZE[1] + 4, 3)  # 3 day + 3 night rows, 3 columns
+    again = run_cli("translate", "train", "--day", data / "cityscapes" / "leftImg8bit" / "train",
+                    "--night", data / "dark_zurich" / "rgb_anon" / "train" / "night", "--out", run, "--steps", "3", *TINY)
+    assert again.code == 2 and "--resume" in again.err and str(run / "state") in again.err
+
+
+def test_apply_round_trip(translator, data, tmp_path, run_cli):
+    night_dir = data / "dark_zurich" / "rgb_anon" / "val" / "night"
+    res = run_cli("translate", "apply", "--checkpoint", translator, "--direction", "night2day", night_dir,
+                  "--out", tmp_path / "out")
+    assert res.code == 0, res.err
+    sources = sorted(night_dir.rglob("*.png"))
+    outputs = sorted((tmp_path / "out").rglob("*.png"))
+    assert len(outputs) == len(sources) == 3
+    net = load_translator(translator, "night2day")
+    for src, out in zip(sources, outputs):
+        assert out.relative_to(tmp_path / "out") == src.relative_to(night_dir)
+        image, got = read_image(src), read_image(out)
+        assert got.shape == image.shape
+        assert np.array_equal(got, translate_array(net, image))
+        assert not np.array_equal(got, image)
+    again = run_cli("translate", "apply", "--checkpoint", translator, "--direction", "night2day", night_dir,
+                    "--out", tmp_path / "out")
+    assert again.code == 0 and "3 already done" in again.out
+    bad = tmp_path / "seg.safetensors"
+    save_checkpoint(bad, {"w": torch.zeros(1)}, {"model": {"name": "pspnet_tiny", "num_classes": 19}})
+    wrong = run_cli("translate", "apply", "--checkpoint", bad, "--direction", "night2day", night_dir, "--out", tmp_path)
+    assert wrong.code == 2 and str(bad) in wrong.err
+
+
+def test_dataset_command_layout_ratio_and_resume(translator, data, tmp_path, run_cli):
+    from nightseg.data import build_dataset
+
+    src, out = data / "cityscapes", tmp_path / "mix" / "cityscapes"
+    res = run_cli("translate", "dataset", "--checkpoint", translator, "--src", src, "--out", out, "--ratio", "0.5")
+    assert res.code == 0, res.err
+    images = sorted((src / "leftImg8bit" / "train").rglob("*.png"))
+    changed = [p for p in images
+               if not np.array_equal(read_image(p), read_image(out / p.relative_to(src)))]
+    assert len(images) == 6 and len(changed) == 3  # round(0.5 * 6) translated, same names
+    for label in (src / "gtFine" / "train").rglob("*.png"):
+        assert np.array_equal(read_label(label), read_label(out / label.relative_to(src)))
+    dataset = build_dataset("cityscapes", out, "train")
+    assert len(dataset) == 6 and dataset[0]["label"].dtype == torch.int64
+    victim = out / changed[0].relative_to(src)
+    victim.unlink()  # an interrupted run: the rerun redoes only what is missing
+    assert run_cli("translate", "dataset", "--checkpoint", translator, "--src", src, "--out", out,
+                   "--ratio", "0.5").code == 0
+    assert not victim.is_file()  # complete manifest: nothing redone
+    other = run_cli("translate", "dataset", "--checkpoint", translator, "--src", src, "--out", out, "--ratio", "1")
+    assert other.code == 2 and "translation_manifest.json" in other.err
+    full = run_cli("translate", "dataset", "--checkpoint", translator, "--src", src, "--out", tmp_path / "all",
+                   "--ratio", "1")
+    assert full.code == 0 and "6 of 6" in full.out
+
+
+def test_predict_night2day_translates_before_segmenting(translator, data, tmp_path, run_cli):
+    from nightseg.inference import Segmenter
+    from nightseg.models import build_segmenter
+
+    torch.manual_seed(0)
+    model = build_segmenter("pspnet_tiny").eval()
+    ckpt = tmp_path / "seg.safetensors"
+    save_checkpoint(ckpt, model.state_dict(), {"model": model.config})
+    src = sorted((data / "dark_zurich" / "rgb_anon" / "val" / "night").rglob("*.png"))[0]
+    res = run_cli("predict", ckpt, src, "--out", tmp_path / "pred", "--night2day", translator, "--outputs", "labels")
+    assert res.code == 0, res.err
+    got = read_label(tmp_path / "pred" / f"{src.stem}_labelTrainIds.png")
+    image = read_image(src)
+    day = translate_array(load_translator(translator, "night2day"), image)
+    seg = Segmenter.from_checkpoint(ckpt, night2day=translator)
+    assert np.abs(seg.relit(image).astype(int) - day.astype(int)).max() <= 1  # the generator runs first
+    with torch.no_grad():
+        x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+        expected = model(load_translator(translator, "night2day")(x)).argmax(1)[0].numpy()
+    assert (got == expected).mean() > 0.99
+    missing = run_cli("predict", ckpt, src, "--out", tmp_path / "p2", "--night2day", tmp_path / "nope.safetensors")
+    assert missing.code == 2 and "nope.safetensors" in missing.err
