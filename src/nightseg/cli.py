@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "score a checkpoint on a dataset split (report + plots)"),
     "submit": ("submit", "pack predictions into a benchmark submission zip"),
     "export": ("export", "export a checkpoint to ONNX (checked against PyTorch)"),
+    "translate": ("translate", "train or apply a day<->night CycleGAN translator (seed 004)"),
+    "nightlab": ("nightlab", "NightLab (seed 003): hard classes, region model, RDN/HDM, merge"),
 }
 
 log = logging.getLogger("nightseg")

@@ -1,0 +1,480 @@
+"""NightLab (seed 003): the staged pipeline, and the recipe that trains the region-level model Phi_R.
+
+`run_nightlab(config, overrides, out)` (CLI: ``nightseg nightlab --config FILE --out DIR key=value...``)
+runs the stages below into ``out``; each stage is skipped when its output exists, so rerunning the same
+command resumes (an interrupted Phi_I / Phi_R training continues from its saved state):
+
+1. ``image/``: Phi_I, any segmenter trained with any recipe (``method.image_config``, by default the
+   supervised night recipe), or a given checkpoint (``method.image_checkpoint``);
+2. ``hard.json``: the **hard classes**: classes with ground truth in ``method.hard_split`` of
+   ``method.hard_dataset`` (NightCity val) whose IoU under Phi_I is below ``method.hard_threshold``
+   (seed Sec. D / Table 1; ``method.hard_classes`` skips the selection);
+3. ``region/``: Phi_R, trained by *this* recipe with the engine on crops around hard-class objects
+   upsampled to a higher resolution (`HardRegionCrops`, ``data.source.options``), started from Phi_I's
+   weights (``method.init_checkpoint``, filled in by the pipeline);
+4. ``rdn.safetensors``: the RDN (`nightseg.models.nightlab.RDN`) trained on the boxes of hard-class
+   objects derived from the training label maps;
+5. ``hdm_labels.safetensors``: the HDM anchor labels (seed Eq. 1) on ``method.hard_split``: every anchor
+   the RPN matching makes positive is cropped, segmented by Phi_I and Phi_R, and stays positive only
+   where Phi_R's IoU is higher;
+6. ``hdm.safetensors``: the RDN fine-tuned with those labels as classification targets (seed Eq. 2);
+7. ``nightlab.safetensors`` (Phi_I + Phi_R + HDM-trained RDN + merge) and ``nightlab_rdn.safetensors``
+   (the ablation without HDM), both loadable by ``Segmenter.from_checkpoint`` / ``nightseg predict``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from tqdm import tqdm
+
+from nightseg.checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from nightseg.classes import CLASS_NAMES
+from nightseg.config import Config, load_config
+from nightseg.errors import UserError
+from nightseg.io import write_json
+from nightseg.methods.supervised import Supervised
+from nightseg.models.nightlab import (
+    RDN,
+    NightLab,
+    boxes_from_label,
+    context_box,
+    crop_regions,
+    hdm_relabel,
+    pixel_box,
+    proposal_iou,
+)
+
+log = logging.getLogger("nightseg.nightlab")
+
+
+# --------------------------------------------------------------------------------------------- params
+@dataclass
+class RDNParams:
+    """The region detection network (anchor-based RPN) and its training."""
+
+    stages: int = 2
+    """ResNet-18 stages of the RPN backbone (2: 128 channels at stride 8)."""
+    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128])
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    fg_iou: float = 0.5
+    bg_iou: float = 0.3
+    batch_per_image: int = 256
+    positive_fraction: float = 0.5
+    pre_nms: list[int] = field(default_factory=lambda: [2000, 1000])
+    """Proposals kept before NMS in training / testing."""
+    post_nms: list[int] = field(default_factory=lambda: [300, 50])
+    nms: float = 0.7
+    min_area: int = 16
+    """Connected components under this many pixels give no box."""
+    init_from_image: bool = True
+    """Start the backbone from Phi_I's encoder where the tensors fit (a ResNet-18 Phi_I)."""
+    steps: int = 5000
+    batch_size: int = 4
+    lr: float = 0.01
+    flip: bool = True
+
+
+@dataclass
+class HDMParams:
+    """The hardness detection module: relabelled anchors (Eq. 1) and the RDN fine-tuned on them (Eq. 2)."""
+
+    enabled: bool = True
+    steps: int = 2000
+    batch_size: int = 4
+    lr: float = 0.005
+
+
+@dataclass
+class MergeParams:
+    """Which proposals are merged at inference (seed Sec. B)."""
+
+    max_proposals: int = 8
+    score_thresh: float = 0.5
+    """Minimum objectness probability of a proposal."""
+
+
+@dataclass
+class Params:
+    """Keys of the ``method:`` section of a NightLab recipe (see the module docstring for the stages)."""
+
+    name: str = "nightlab"
+    image_checkpoint: str | None = None
+    """Phi_I: a trained NightSeg checkpoint; ``null``: train ``image_config`` for ``image_steps``."""
+    image_config: str = "supervised_nightcity.yaml"
+    """Recipe of Phi_I (relative to the packaged configs folder, or a path)."""
+    image_steps: int = 50000
+    image_overrides: list[str] = field(default_factory=list)
+    hard_threshold: float = 0.5
+    hard_classes: list[int] | None = None
+    """Fixed hard classes (trainIds); ``null``: select them by ``hard_threshold``."""
+    hard_dataset: str = "nightcity"
+    hard_root: str = "nightcity"
+    hard_split: str = "val"
+    """Split on which the hard classes are selected and the HDM labels computed."""
+    init_checkpoint: str | None = None
+    """Phi_R's initial weights (the pipeline sets Phi_I's checkpoint here; ``null``: from scratch)."""
+    class_weights: list[float] | str | None = None
+    target_weight: float = 1.0
+    rdn: RDNParams = field(default_factory=RDNParams)
+    hdm: HDMParams = field(default_factory=HDMParams)
+    merge: MergeParams = field(default_factory=MergeParams)
+
+
+# --------------------------------------------------------------------------------------------- Phi_R data
+class HardRegionCrops(Dataset):
+    """Crops around the hard-class objects of a labelled dataset, resized to ``size`` (Phi_R's input).
+
+    One entry per object (connected component of a hard class, `boxes_from_label`); the crop is
+    `context_box` of the object's box, jittered by up to ``jitter`` (centre shift and side scale, relative
+    to the box), so Phi_R sees the object at ``size / crop side`` times its resolution in the image.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", transform: Any = None, *, base: str = "nightcity",
+                 hard_classes: list[int] | None = None, size: list[int] | tuple[int, int] = (64, 64),
+                 context: float = 2.0, min_side: int = 16, min_area: int = 4, jitter: float = 0.25) -> None:
+        from nightseg.data import build_dataset
+
+        if not hard_classes:
+            raise UserError("data.source.options.hard_classes: HardRegionCrops needs the hard classes (trainIds); "
+                            "the NightLab pipeline fills them in")
+        self.base = build_dataset(base, Path(root), split)
+        self.transform = transform
+        self.size = [int(s) for s in size]
+        self.context, self.min_side, self.jitter = float(context), int(min_side), float(jitter)
+        self.entries: list[tuple[int, list[float]]] = []
+        for index in tqdm(range(len(self.base)), desc="hard regions", unit="img", disable=None, leave=False):
+            label = self.base.load(index)["label"].as_subclass(torch.Tensor)
+            boxes, _ = boxes_from_label(label.reshape(label.shape[-2:]), hard_classes, min_area)
+            self.entries.extend((index, box) for box in boxes.tolist())
+        if not self.entries:
+            raise UserError(f"{root} ({split}): no object of the hard classes {hard_classes} with at least "
+                            f"{min_area} pixels; nothing to train Phi_R on")
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from nightseg.data.common import to_contract
+
+        image_index, (x1, y1, x2, y2) = self.entries[index]
+        sample = self.base.load(image_index)
+        image = sample["image"].as_subclass(torch.Tensor)
+        label = sample["label"].as_subclass(torch.Tensor).reshape(image.shape[-2:])
+        w, h = x2 - x1, y2 - y1
+        shift = (torch.rand(2) * 2 - 1) * self.jitter
+        scale = math.exp(float(torch.rand(()) * 2 - 1) * math.log1p(self.jitter))
+        box = [x1 + shift[0] * w, y1 + shift[1] * h, x2 + shift[0] * w, y2 + shift[1] * h]
+        cx1, cy1, cx2, cy2 = context_box(box, self.context * scale, self.min_side, tuple(image.shape[-2:]))
+        crop = image[None, :, cy1:cy2, cx1:cx2].float()
+        crop = F.interpolate(crop, size=self.size, mode="bilinear", align_corners=False)[0]
+        lab = F.interpolate(label[None, None, cy1:cy2, cx1:cx2].float(), size=self.size, mode="nearest")[0, 0]
+        out = {"image": tv_tensors.Image(crop.round().clamp(0, 255).to(torch.uint8)),
+               "label": tv_tensors.Mask(lab.to(torch.uint8)), "name": f"{sample['name']}_r{index}"}
+        if self.transform is not None:
+            out = self.transform(out)
+        return to_contract(out)
+
+
+def hard_region_crops(root: str | Path, split: str = "train", transform: Any = None, **options: Any) -> HardRegionCrops:
+    """Return the `HardRegionCrops` dataset (the ``module:factory`` form for ``data.source.dataset``)."""
+    return HardRegionCrops(root, split, transform, **options)
+
+
+# --------------------------------------------------------------------------------------------- Phi_R recipe
+class RegionModel(Supervised):
+    """Phi_R: cross-entropy on the hard-region crops, started from ``method.init_checkpoint`` when given."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        if cfg.method.init_checkpoint:
+            from nightseg.methods.ulca import load_segmenter_weights
+
+            load_segmenter_weights(self.model, cfg.method.init_checkpoint)
+
+
+def build(cfg: Config) -> RegionModel:
+    """Return the LightningModule that trains Phi_R (stage 3 of the pipeline)."""
+    return RegionModel(cfg)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def select_hard_classes(per_class: dict[str, dict[str, Any]], threshold: float) -> list[int]:
+    """Return the trainIds whose IoU is below `threshold` among classes with ground-truth pixels
+    (seed Sec. D: "classes whose image-level IoU falls below a threshold"); `per_class` as `segmentation_scores`."""
+    hard = []
+    for cls, name in enumerate(CLASS_NAMES):
+        entry = per_class.get(name) or {}
+        iou = entry.get("iou")
+        if entry.get("gt_pixels", 0) > 0 and iou is not None and not math.isnan(iou) and iou < threshold:
+            hard.append(cls)
+    return hard
+
+
+def _load_samples(dataset_name: str, root: Path, split: str, hard: list[int], min_area: int
+                  ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Return ``[(image [3,H,W] in [0,1], label [H,W], boxes [N,4])]`` of a labelled split."""
+    from nightseg.data import build_dataset
+
+    dataset = build_dataset(dataset_name, root, split)
+    out = []
+    for i in tqdm(range(len(dataset)), desc=f"load {split}", unit="img", disable=None, leave=False):
+        sample = dataset[i]
+        out.append((sample["image"], sample["label"], boxes_from_label(sample["label"], hard, min_area)[0]))
+    return out
+
+
+def build_rdn(p: RDNParams) -> RDN:
+    """Return an untrained RDN with the architecture of `p`."""
+    return RDN(p.stages, p.anchor_sizes, p.aspect_ratios, p.fg_iou, p.bg_iou, p.batch_per_image,
+               p.positive_fraction, p.pre_nms, p.post_nms, p.nms)
+
+
+def init_rdn_from(rdn: RDN, image_tensors: dict[str, torch.Tensor]) -> int:
+    """Copy Phi_I's encoder tensors into the RDN backbone where name and shape match; return how many."""
+    own = rdn.state_dict()
+    fits = {k: v for k, v in image_tensors.items() if k.startswith("backbone.") and k in own and own[k].shape == v.shape}
+    rdn.load_state_dict(fits, strict=False)
+    return len(fits)
+
+
+def train_rdn(rdn: RDN, samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], steps: int, batch_size: int,
+              lr: float, seed: int, flip: bool = False, anchor_labels: list[torch.Tensor] | None = None,
+              desc: str = "RDN") -> list[float]:
+    """Train `rdn` in place with SGD (momentum 0.9, weight decay 1e-4, poly 0.9) on `samples`; with
+    `anchor_labels` (HDM) those are the objectness targets (seed Eq. 2; no flip then). Returns the losses."""
+    if anchor_labels is not None and flip:
+        raise ValueError("HDM anchor labels belong to the unflipped anchors; train without flip")
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    params = [q for q in rdn.parameters() if q.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / max(1, steps)) ** 0.9)
+    order: list[int] = []
+    losses = []
+    rdn.train()
+    bar = tqdm(range(steps), desc=desc, unit="step", disable=None, dynamic_ncols=True)
+    for _ in bar:
+        batch = []
+        while len(batch) < batch_size:
+            if not order:
+                order = torch.randperm(len(samples), generator=gen).tolist()
+            batch.append(order.pop())
+        images, boxes, labels = [], [], []
+        for i in batch:
+            image, _, b = samples[i]
+            if flip and bool(torch.rand((), generator=gen) < 0.5):
+                width = image.shape[-1]
+                image = image.flip(-1)
+                b = torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], dim=1) if len(b) else b
+            images.append(image)
+            boxes.append(b)
+            if anchor_labels is not None:
+                labels.append(anchor_labels[i])
+        loss_terms = rdn.losses(torch.stack(images), boxes, labels if anchor_labels is not None else None)
+        loss = loss_terms["objectness"] + loss_terms["box"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    rdn.eval()
+    return losses
+
+
+@torch.no_grad()
+def hdm_anchor_labels(rdn: RDN, image_model: nn.Module, region_model: nn.Module, image: torch.Tensor,
+                      label: torch.Tensor, boxes: torch.Tensor, region_size: list[int], context: float,
+                      min_side: int, chunk: int = 64) -> tuple[torch.Tensor, dict[str, int]]:
+    """Return the HDM labels [A] of one image's anchors (seed Eq. 1): the RPN matching's labels with every
+    positive anchor kept positive only where Phi_R (on the anchor's context crop) beats Phi_I in IoU inside
+    the anchor; and counts ``{"positive", "kept"}``."""
+    size = tuple(image.shape[-2:])
+    anchors = rdn.anchors(image[None])
+    labels = rdn.match(anchors, [boxes])[0][0]
+    positive = torch.nonzero(labels == 1).flatten().tolist()
+    if not positive:
+        return labels.to(torch.int8), {"positive": 0, "kept": 0}
+    image_pred = image_model(image[None]).argmax(1)[0]
+    num_classes = int(image_model.config["num_classes"])
+    region_iou, image_iou = torch.full((len(labels),), float("nan")), torch.full((len(labels),), float("nan"))
+    for start in range(0, len(positive), chunk):
+        idx = positive[start:start + chunk]
+        crops = [(0, *context_box(anchors[0][j].tolist(), context, min_side, size)) for j in idx]
+        logits = region_model(crop_regions(image[None], crops, region_size))
+        for j, crop, lg in zip(idx, crops, logits):
+            cx1, cy1, cx2, cy2 = crop[1:]
+            region_pred = torch.full(size, 255, dtype=torch.long)
+            region_pred[cy1:cy2, cx1:cx2] = F.interpolate(lg[None], size=(cy2 - cy1, cx2 - cx1), mode="bilinear",
+                                                          align_corners=False)[0].argmax(0)
+            bx1, by1, bx2, by2 = pixel_box(anchors[0][j].tolist(), size)
+            box = (max(bx1, cx1), max(by1, cy1), min(bx2, cx2), min(by2, cy2))
+            region_iou[j] = proposal_iou(region_pred, label, box, num_classes)
+            image_iou[j] = proposal_iou(image_pred, label, box, num_classes)
+    out = hdm_relabel(labels, region_iou, image_iou)
+    return out.to(torch.int8), {"positive": len(positive), "kept": int((out == 1).sum())}
+
+
+def _load_model(path: Path) -> nn.Module:
+    from nightseg.inference import _build_segmenter
+
+    tensors, meta = load_checkpoint(path)
+    model = _build_segmenter(dict(meta["model"]), path)
+    load_state_into(model, tensors, path)
+    return model.eval()
+
+
+def _save_rdn(rdn: RDN, path: Path, extra: dict[str, Any]) -> None:
+    save_checkpoint(path, rdn.state_dict(), {"model": {"name": "nightlab_rdn", **rdn.config}, **extra})
+
+
+def _load_rdn(path: Path) -> RDN:
+    tensors, meta = load_checkpoint(path)
+    config = {k: v for k, v in meta["model"].items() if k != "name"}
+    rdn = RDN(**config)
+    load_state_into(rdn, tensors, path)
+    return rdn.eval()
+
+
+def _finished(run_dir: Path) -> bool:
+    metrics = run_dir / "metrics.json"
+    return (run_dir / "checkpoints" / "last.safetensors").is_file() and metrics.is_file() and \
+        bool(json.loads(metrics.read_text()).get("finished"))
+
+
+# --------------------------------------------------------------------------------------------- pipeline
+def run_nightlab(config: str | Path, overrides: list[str] | tuple[str, ...] = (), out: str | Path = "nightlab"
+                 ) -> dict[str, Any]:
+    """Run (or resume) the NightLab stages of the module docstring into `out`; return a summary dict
+    with the hard classes, HDM label counts and the paths of ``nightlab.safetensors`` and
+    ``nightlab_rdn.safetensors``."""
+    from nightseg.demo import CONFIG_DIR, score_checkpoint, train_recipe
+    from nightseg.engine import train
+
+    config, out = Path(config), Path(out)
+    cfg = load_config(config, overrides)
+    p: Params = cfg.method
+    if p.name != "nightlab":
+        raise UserError(f"{config}: method.name is {p.name!r}; `nightseg nightlab` needs a NightLab recipe")
+    out.mkdir(parents=True, exist_ok=True)
+    data_root = Path(cfg.data.root)
+    threads = cfg.train.cpu_threads
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    seed = cfg.seed
+    common = [f"data.workers={cfg.data.workers}", f"train.progress={str(cfg.train.progress).lower()}"]
+    if threads:
+        common.append(f"train.cpu_threads={threads}")
+    try:
+        # 1. Phi_I
+        if p.image_checkpoint:
+            image_ckpt = Path(p.image_checkpoint).expanduser()
+        else:
+            log.info("[1/7] Phi_I: %s, %d steps", p.image_config, p.image_steps)
+            image_ckpt = train_recipe(CONFIG_DIR / p.image_config, data_root, out / "image", p.image_steps, seed,
+                                      [*common, *p.image_overrides])
+        # 2. hard classes
+        hard_file = out / "hard.json"
+        if not hard_file.is_file():
+            log.info("[2/7] hard classes: Phi_I IoU < %.2f on %s %s", p.hard_threshold, p.hard_dataset, p.hard_split)
+            scores = score_checkpoint(image_ckpt, p.hard_dataset, data_root / p.hard_root, p.hard_split)
+            per_class = scores["per_class"]
+            hard = list(p.hard_classes) if p.hard_classes is not None else select_hard_classes(per_class, p.hard_threshold)
+            write_json(hard_file, {"threshold": p.hard_threshold, "hard_classes": hard,
+                                   "hard_names": [CLASS_NAMES[c] for c in hard], "image_mIoU": scores["mIoU"],
+                                   "image_iou": {k: v["iou"] for k, v in per_class.items()}})
+        hard = json.loads(hard_file.read_text())["hard_classes"]
+        log.info("hard classes: %s", ", ".join(CLASS_NAMES[c] for c in hard) or "none")
+        image_tensors, _ = load_checkpoint(image_ckpt)
+        image_model = _load_model(image_ckpt)
+        options = cfg.data.source.options
+        region_size = [int(s) for s in options.get("size", (64, 64))]
+        context, min_side = float(options.get("context", 2.0)), int(options.get("min_side", 16))
+        merge_kw = {"region_size": region_size, "context": context, "min_side": min_side,
+                    "max_proposals": p.merge.max_proposals, "score_thresh": p.merge.score_thresh}
+        meta = {"recipe": cfg.recipe, "method": "nightlab", "hard_classes": hard, "config": cfg.to_dict(),
+                "image_checkpoint": str(image_ckpt)}
+        summary: dict[str, Any] = {"hard_classes": hard, "image_checkpoint": str(image_ckpt)}
+        if not hard:  # nothing is hard: NightLab is Phi_I (nothing is ever replaced)
+            log.warning("no hard class below %.2f: NightLab = Phi_I", p.hard_threshold)
+            for name in ("nightlab", "nightlab_rdn"):
+                net = NightLab(image_model, _load_model(image_ckpt), build_rdn(p.rdn), [], **merge_kw)
+                summary[name] = str(save_checkpoint(out / f"{name}.safetensors", net.state_dict(),
+                                                    {"model": net.config, **meta}))
+            write_json(out / "summary.json", summary)
+            return summary
+        # 3. Phi_R
+        region_dir = out / "region"
+        if not _finished(region_dir):
+            log.info("[3/7] Phi_R on hard-region crops %s", region_size)
+            extra = [f"data.source.options.hard_classes={hard}"]
+            if p.init_checkpoint is None:
+                extra.append(f"method.init_checkpoint={image_ckpt}")
+            region_cfg = load_config(config, [*overrides, *extra])
+            metrics = train(region_cfg, region_dir, resume=True)
+            if not metrics.get("finished"):
+                raise KeyboardInterrupt
+        region_model = _load_model(region_dir / "checkpoints" / "last.safetensors")
+        source = cfg.data.source
+        base = str(options.get("base", "nightcity"))
+        # 4. RDN
+        rdn_path = out / "rdn.safetensors"
+        if not rdn_path.is_file():
+            log.info("[4/7] RDN on hard-object boxes of %s %s", base, source.split)
+            samples = _load_samples(base, data_root / (source.root or ""), source.split, hard, p.rdn.min_area)
+            rdn = build_rdn(p.rdn)
+            if p.rdn.init_from_image:
+                log.info("RDN backbone: %d tensors from Phi_I", init_rdn_from(rdn, image_tensors))
+            losses = train_rdn(rdn, samples, p.rdn.steps, p.rdn.batch_size, p.rdn.lr, seed, p.rdn.flip)
+            _save_rdn(rdn, rdn_path, {"final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
+                                      "boxes": sum(len(s[2]) for s in samples)})
+        rdn = _load_rdn(rdn_path)
+        # 5. HDM labels, 6. HDM
+        hdm_path = out / "hdm.safetensors"
+        if p.hdm.enabled and not hdm_path.is_file():
+            labels_path = out / "hdm_labels.safetensors"
+            samples = _load_samples(p.hard_dataset, data_root / p.hard_root, p.hard_split, hard, p.rdn.min_area)
+            if not labels_path.is_file():
+                log.info("[5/7] HDM labels on %s %s", p.hard_dataset, p.hard_split)
+                labels, counts = [], {"positive": 0, "kept": 0}
+                for image, label, boxes in tqdm(samples, desc="HDM labels", unit="img", disable=None):
+                    lab, c = hdm_anchor_labels(rdn, image_model, region_model, image, label, boxes, region_size,
+                                               context, min_side)
+                    labels.append(lab)
+                    counts = {k: counts[k] + c[k] for k in counts}
+                save_checkpoint(labels_path, {"labels": torch.stack(labels)}, {"model": {"name": "nightlab_hdm_labels"},
+                                                                              **counts})
+            tensors, label_meta = load_checkpoint(labels_path)
+            log.info("[6/7] HDM: %d of %d positive anchors kept", label_meta["kept"], label_meta["positive"])
+            hdm = _load_rdn(rdn_path)
+            anchor_labels = list(tensors["labels"].long())
+            losses = train_rdn(hdm, samples, p.hdm.steps, p.hdm.batch_size, p.hdm.lr, seed + 1, False, anchor_labels,
+                               desc="HDM")
+            _save_rdn(hdm, hdm_path, {"positive": label_meta["positive"], "kept": label_meta["kept"],
+                                      "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))})
+        # 7. export
+        log.info("[7/7] export")
+        variants = {"nightlab_rdn": rdn_path}
+        if p.hdm.enabled:
+            variants["nightlab"] = hdm_path
+            summary["hdm"] = {k: json.loads(hdm_path.with_suffix(".json").read_text()).get(k) for k in ("positive", "kept")}
+        for name, detector in variants.items():
+            net = NightLab(image_model, region_model, _load_rdn(detector), hard, **merge_kw)
+            summary[name] = str(save_checkpoint(out / f"{name}.safetensors", net.state_dict(),
+                                                {"model": net.config, **meta, "detector": detector.name}))
+        write_json(out / "summary.json", summary)
+        return summary
+    finally:
+        torch.set_num_threads(previous_threads)

@@ -1,0 +1,218 @@
+"""NightLab (seed 003): box derivation, HDM relabelling (Eq. 1-2), the merge (Sec. B), the RDN, and a tiny
+end-to-end run whose checkpoint loads in `Segmenter.from_checkpoint`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nightseg.models.nightlab import (
+    RDN,
+    boxes_from_label,
+    context_box,
+    hdm_relabel,
+    merge_logits,
+    paste_regions,
+    proposal_iou,
+)
+
+
+# --------------------------------------------------------------------------------------------- boxes
+def test_boxes_from_label_are_connected_components_of_the_hard_classes():
+    label = np.zeros((8, 10), np.uint8)  # road everywhere
+    label[1:3, 1:4] = 5  # pole: a 2x3 block
+    label[6, 8] = 5  # pole: one pixel, separate
+    label[4:8, 0:2] = 7  # traffic sign
+    label[5, 5] = 255  # ignore: never a box
+    label[0, 9] = 6  # traffic light, not asked for
+    label[3, 4] = 5  # touches the block diagonally -> same component (8-connectivity)
+    boxes, ids = boxes_from_label(label, [5, 7])
+    got = sorted(zip(ids.tolist(), [tuple(b) for b in boxes.tolist()]))
+    assert got == [(5, (1.0, 1.0, 5.0, 4.0)), (5, (8.0, 6.0, 9.0, 7.0)), (7, (0.0, 4.0, 2.0, 8.0))]
+    assert boxes.dtype == torch.float32 and ids.dtype == torch.int64
+    boxes, ids = boxes_from_label(torch.from_numpy(label).long(), [5], min_area=2)  # drops the one-pixel pole
+    assert boxes.tolist() == [[1.0, 1.0, 5.0, 4.0]] and ids.tolist() == [5]
+    boxes, ids = boxes_from_label(label, [11])
+    assert boxes.shape == (0, 4) and ids.shape == (0,)
+
+
+def test_context_box_is_a_square_around_the_box_inside_the_image():
+    assert context_box([10, 10, 14, 16], 2.0, 4, (64, 128)) == (6, 7, 18, 19)  # side 12 centred on (12, 13)
+    assert context_box([0, 0, 2, 2], 2.0, 16, (64, 128)) == (0, 0, 16, 16)  # min side, shifted inside
+    assert context_box([120, 60, 128, 64], 3.0, 8, (64, 128)) == (104, 40, 128, 64)  # shifted from the corner
+    assert context_box([0, 0, 100, 10], 2.0, 8, (64, 128)) == (18, 0, 82, 64)  # at most the shorter side
+
+
+# --------------------------------------------------------------------------------------------- HDM
+def test_hdm_relabel_keeps_only_positives_where_the_region_model_wins():
+    # ground truth 4x8: a pole (5) at columns 1-2 and a person (11) at columns 5-6 on road (0)
+    target = torch.zeros(4, 8, dtype=torch.long)
+    target[:, 1:3] = 5
+    target[:, 5:7] = 11
+    target[0, 7] = 255
+    image_pred = torch.zeros(4, 8, dtype=torch.long)  # Phi_I misses the pole, finds the person
+    image_pred[:, 5:7] = 11
+    region_pred = target.clone()  # Phi_R gets the pole, but calls the person a rider
+    region_pred[0, 7] = 0
+    region_pred[:, 5:7] = 12
+    anchors = [(0, 0, 4, 4), (4, 0, 8, 4), (0, 0, 8, 4), (1, 0, 3, 2), (6, 0, 8, 2)]
+    labels = torch.tensor([1, 1, 1, 0, -1])  # the RPN matching: 3 positives, a negative, an ignored one
+    region_iou = torch.tensor([proposal_iou(region_pred, target, a, 19) for a in anchors])
+    image_iou = torch.tensor([proposal_iou(image_pred, target, a, 19) for a in anchors])
+    # anchor 0 (pole area): Phi_R exact (1.0) vs Phi_I 1/2 road IoU, pole 0 -> mean over {road, pole} = 0.25
+    assert region_iou[0] == 1.0 and image_iou[0] == pytest.approx(0.25)
+    # anchor 1 (person area, (7,0) ignored): Phi_I exact, Phi_R 0 for person and rider -> (1 + 0 + 0) / 3
+    assert image_iou[1] == 1.0 and region_iou[1] == pytest.approx(1 / 3)
+    # anchor 2 (everything): region {road 1, pole 1, person 0, rider 0} = 0.5; image {road 15/23, pole 0, person 1}
+    assert region_iou[2] == pytest.approx(0.5) and image_iou[2] == pytest.approx((15 / 23 + 0 + 1) / 3)
+    new = hdm_relabel(labels, region_iou, image_iou)
+    assert new.tolist() == [1, 0, 0, 0, -1]  # only anchor 0 stays positive (Eq. 1: strictly better)
+    assert labels.tolist() == [1, 1, 1, 0, -1]  # input untouched
+    # ties and NaN (no labelled pixel) are not better
+    tie = hdm_relabel(torch.tensor([1, 1]), torch.tensor([0.5, float("nan")]), torch.tensor([0.5, 0.1]))
+    assert tie.tolist() == [0, 0]
+    assert math.isnan(proposal_iou(region_pred, torch.full((4, 8), 255), (0, 0, 8, 4), 19))
+
+
+def test_rdn_loss_uses_the_hdm_labels_as_targets():
+    torch.manual_seed(0)
+    rdn = RDN(stages=1, anchor_sizes=(8, 16), aspect_ratios=(1.0,), batch_per_image=64)
+    x = torch.rand(2, 3, 32, 64)
+    boxes = [torch.tensor([[8.0, 8.0, 24.0, 24.0]]), torch.zeros(0, 4)]
+    matched = rdn.losses(x, boxes)
+    assert matched["box"] > 0 and torch.isfinite(matched["objectness"])
+    anchors = rdn.anchors(x)
+    labels, _ = rdn.match(anchors, boxes)
+    assert int((labels[0] == 1).sum()) >= 1 and int((labels[1] == 1).sum()) == 0
+    # HDM turned every positive into background: no positive anchor, so no box-regression loss
+    relabelled = [hdm_relabel(lab, torch.zeros(len(lab)), torch.ones(len(lab))) for lab in labels]
+    hdm = rdn.losses(x, boxes, relabelled)
+    assert hdm["box"].item() == 0.0 and hdm["objectness"].item() > 0
+    rdn.eval()
+    (b0, s0), _ = rdn.propose(x)
+    assert b0.shape[1] == 4 and len(b0) == len(s0) > 0 and bool((s0[:-1] >= s0[1:]).all())
+    assert float(b0[:, 2].max()) <= 64 and float(b0[:, 3].max()) <= 32
+
+
+# --------------------------------------------------------------------------------------------- merge
+def test_merge_replaces_only_hard_class_pixels_inside_proposals():
+    image = torch.zeros(3, 2, 3)
+    image[0] = 1.0  # Phi_I: class 0 everywhere
+    region = torch.zeros(3, 2, 3)
+    region[1] = 2.0  # Phi_R: class 1 ...
+    region[2, :, 0] = 5.0  # ... except class 2 in column 0
+    region[2, 1, 2] = 5.0  # and at (1, 2)
+    covered = torch.tensor([[True, True, False], [True, True, True]])
+    merged = merge_logits(image, region, covered, hard_classes=[2])
+    assert merged.argmax(0).tolist() == [[2, 0, 0], [2, 0, 2]]
+    assert torch.equal(merged[:, 0, 0], region[:, 0, 0]) and torch.equal(merged[:, 0, 1], image[:, 0, 1])
+    assert merge_logits(image, region, covered, hard_classes=[1, 2]).argmax(0).tolist() == [[2, 1, 0], [2, 1, 2]]
+    assert torch.equal(merge_logits(image, region, torch.zeros(2, 3, dtype=torch.bool), [2]), image)
+    batched = merge_logits(image[None], region[None], covered[None], [2])  # [B,C,H,W]
+    assert torch.equal(batched[0], merged)
+
+
+def test_paste_regions_puts_logits_back_inside_the_proposal_and_averages_overlaps():
+    a = torch.zeros(2, 2, 2)
+    a[1] = 1.0  # class 1 with logit 1
+    b = torch.zeros(2, 4, 4)
+    b[1] = 3.0
+    crops = [(1, 0, 3, 2), (0, 0, 4, 4)]  # crop a is 2x2 at x 1-2, crop b the whole 4x4 image
+    proposals = [(2.0, 0.0, 3.0, 1.0), (1.5, 0.0, 4.0, 2.0)]  # pixel (2,0) | pixels x 1-3, y 0-1
+    logits, covered = paste_regions([a, b], crops, proposals, (4, 4))
+    assert covered.tolist() == [[False, True, True, True], [False, True, True, True], [False] * 4, [False] * 4]
+    assert float(logits[1, 0, 2]) == pytest.approx(2.0)  # (1 + 3) / 2 where both proposals cover
+    assert float(logits[1, 1, 1]) == pytest.approx(3.0) and float(logits[1, 3, 3]) == 0.0
+
+
+def test_select_hard_classes_uses_the_threshold_on_classes_with_ground_truth():
+    from nightseg.classes import CLASS_NAMES
+    from nightseg.methods.nightlab import select_hard_classes
+
+    per_class = {name: {"iou": 0.9, "gt_pixels": 10} for name in CLASS_NAMES}
+    per_class["pole"] = {"iou": 0.45, "gt_pixels": 10}
+    per_class["terrain"] = {"iou": 0.29, "gt_pixels": 10}
+    per_class["train"] = {"iou": 0.0, "gt_pixels": 0}  # predicted, never in the ground truth: not hard
+    per_class["bus"] = {"iou": float("nan"), "gt_pixels": 0}
+    assert select_hard_classes(per_class, 0.5) == [5, 9]
+    assert select_hard_classes(per_class, 0.3) == [9]
+    assert select_hard_classes(per_class, 0.95) == [i for i in range(19) if i not in (15, 16)]
+
+
+# --------------------------------------------------------------------------------------------- end to end
+def _overrides(root: Path) -> list[str]:
+    return [f"data.root={root / 'data'}", "method.image_steps=2", "train.max_steps=2", "method.rdn.steps=2",
+            "method.hdm.steps=2", "train.progress=false", "data.batch_size=2", "method.merge.score_thresh=0.0",
+            "method.hard_classes=[5,6,7,11,12,18]"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    from nightseg.data import synthetic
+    from nightseg.methods.nightlab import run_nightlab
+
+    root = tmp_path_factory.mktemp("nightlab")
+    counts = {"train": 0, "val": 0, "pairs": 0, "night_val": 2, "night_train": 4, "nightcity_val": 2}
+    synthetic.generate(root / "data", preset="tiny", counts=counts, progress=False)
+    summary = run_nightlab("configs/cpu/nightlab_mini.yaml", _overrides(root), root / "run")
+    return root, summary
+
+
+def test_tiny_pipeline_writes_every_stage_and_resumes(pipeline):
+    from nightseg.methods.nightlab import run_nightlab
+
+    root, summary = pipeline
+    run = root / "run"
+    for name in ("hard.json", "rdn.safetensors", "hdm_labels.safetensors", "hdm.safetensors", "nightlab.safetensors",
+                 "nightlab_rdn.safetensors", "region/checkpoints/last.safetensors", "image/checkpoints/last.safetensors"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "hard.json").read_text())["hard_classes"] == [5, 6, 7, 11, 12, 18]
+    assert summary["hard_classes"] == [5, 6, 7, 11, 12, 18]
+    assert 0 <= summary["hdm"]["kept"] <= summary["hdm"]["positive"] and summary["hdm"]["positive"] > 0
+    stamp = (run / "rdn.safetensors").stat().st_mtime_ns
+    again = run_nightlab("configs/cpu/nightlab_mini.yaml", _overrides(root), run)  # every stage done: skipped
+    assert again["hdm"] == summary["hdm"] and (run / "rdn.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_nightlab_checkpoint_loads_in_segmenter_and_merges(pipeline):
+    from nightseg.checkpoint import load_checkpoint
+    from nightseg.inference import Segmenter, load_inference_net
+    from nightseg.io import list_images, read_image
+
+    root, summary = pipeline
+    ckpt = Path(summary["nightlab"])
+    _, meta = load_checkpoint(ckpt)
+    assert meta["model"]["name"] == "nightseg.models.nightlab:build_nightlab" and meta["method"] == "nightlab"
+    net, _ = load_inference_net(ckpt)
+    nightlab = net.segmenter
+    image_path = list_images(root / "data" / "dark_zurich" / "rgb_anon" / "val")[0]
+    x = torch.from_numpy(read_image(image_path)).permute(2, 0, 1).float().div(255)[None]
+    with torch.no_grad():
+        details = nightlab.forward_details(x)
+    logits = details["logits"]
+    assert logits.shape == (1, 19, *x.shape[-2:])
+    assert len(details["proposals"][0][0]) > 0 and bool(details["covered"].any())  # score_thresh 0: proposals
+    # outside the proposals (or where Phi_R's class is not hard) the image-level logits are kept unchanged
+    same = (logits == details["image_logits"]).all(1)
+    assert bool(same[~details["covered"]].all())
+    replaced = details["covered"] & torch.isin(logits.argmax(1), torch.tensor(nightlab.hard_classes)) & ~same
+    assert bool((same | replaced).all())
+    segmenter = Segmenter.from_checkpoint(ckpt)
+    pred = segmenter.predict(image_path)
+    assert pred.labels.shape == x.shape[-2:] and pred.labels.max() < 19
+    expected = logits.argmax(1)[0].numpy()  # BatchNorm folding changes logits only by rounding
+    assert (pred.labels == expected).mean() > 0.98
+
+
+def test_cli_refuses_a_recipe_that_is_not_nightlab_and_a_missing_phi_i(run_cli, tmp_path):
+    res = run_cli("nightlab", "--config", "configs/cpu/supervised_nightcity.yaml", "--out", tmp_path / "a")
+    assert res.code == 2 and "configs/cpu/supervised_nightcity.yaml" in res.err and "NightLab recipe" in res.err
+    missing = tmp_path / "phi_i.safetensors"
+    res = run_cli("nightlab", "--config", "configs/cpu/nightlab_mini.yaml", "--out", tmp_path / "b",
+                  f"data.root={tmp_path}", f"method.image_checkpoint={missing}")
+    assert res.code == 2 and str(missing) in res.err and "not found" in res.err
