@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from nightseg.config import Config
-from nightseg.engine import SegmentationModule, masked_label
+from nightseg.engine import masked_label
 from nightseg.errors import UserError
-from nightseg.losses import weighted_cross_entropy
-from nightseg.methods.supervised import resolve_class_weights
+from nightseg.methods.supervised import Supervised
 from nightseg.models.egnet import EGNet, exposure_map
 
 
@@ -47,8 +46,10 @@ class Params:
     """``null`` (plain cross-entropy, as the paper), a list of per-class weights, ``inverse`` or ``dannet_log``."""
 
 
-class EGNetModule(SegmentationModule):
-    """Cross-entropy on the labelled stream(s) plus beta * L1 on the exposure map; see the module docstring."""
+class EGNetModule(Supervised):
+    """Cross-entropy on the labelled stream(s) plus beta * L1 on the exposure map; see the module docstring.
+
+    Class weights, the joint-crop check and `cross_entropy` are the supervised recipe's."""
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
@@ -56,17 +57,6 @@ class EGNetModule(SegmentationModule):
             raise UserError(f"{cfg.recipe}: model.name={cfg.model.name!r}: the egnet method needs an EGNet model, "
                             "e.g. nightseg.models.egnet:egnet_tiny or nightseg.models.egnet:egnet_r101")
         self.params: Params = cfg.method
-        self.register_buffer("class_weight", resolve_class_weights(self.params.class_weights, self.num_classes),
-                             persistent=False)
-        source, target = cfg.data.source, cfg.data.target
-        size_s, size_t = source.out_size or source.crop, target.out_size or target.crop
-        if target.dataset is not None and (size_s is None or size_s != size_t):
-            raise UserError(f"{cfg.recipe}: joint training needs equal crops (data.source.crop / out_size == "
-                            f"data.target.crop / out_size, one mixed batch), got {size_s} and {size_t}")
-
-    def cross_entropy(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over labelled pixels (class-weighted when configured); 0 if none is labelled."""
-        return weighted_cross_entropy(logits.float(), label, self.class_weight, normalization="weighted_mean")
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         source = batch["source"]
