@@ -293,8 +293,8 @@ def markdown(sweep: dict[float, list[dict]], method1: list[dict], dist: dict, ga
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("/work/synth/mini"), help="synthetic set (64x128)")
-    parser.add_argument("--out", type=Path, default=Path("/work/runs/translation"))
+    parser.add_argument("--data", type=Path, default=Path("data/synthetic-mini"), help="synthetic set (64x128; `nightseg synth --preset small --size 64x128`)")
+    parser.add_argument("--out", type=Path, default=Path("runs/translation"))
     parser.add_argument("--images", type=Path, default=REPO / "docs" / "images")
     parser.add_argument("--gan-steps", type=int, default=1200)
     parser.add_argument("--channels", type=int, default=16)
