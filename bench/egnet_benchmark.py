@@ -133,6 +133,8 @@ def plot(results: dict[str, dict[int, dict]], rows: list[str], path: Path) -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from nightseg.evaluation.report import save_figure
+
     first = next(iter(results[rows[0]].values()))
     centers = [(b["range"][0] + b["range"][1]) / 2 for b in first["bins"]]
     fig, ax = plt.subplots(figsize=(9, 6))
@@ -157,9 +159,7 @@ def plot(results: dict[str, dict[int, dict]], rows: list[str], path: Path) -> Pa
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return path
 
 

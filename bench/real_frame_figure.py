@@ -22,8 +22,9 @@ import numpy as np
 from PIL import Image
 
 from nightseg.classes import CLASS_NAMES, PALETTE
+from nightseg.evaluation.report import save_figure
 from nightseg.inference import Segmenter, colorize_labels, overlay, parse_size
-from nightseg.io import atomic_path, read_image
+from nightseg.io import read_image
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 FRAME = REALDATA / "dark_zurich_pair" / "GP010375_frame_000036_rgb.png"
@@ -77,9 +78,7 @@ def make_figure(ckpt: Path, out: Path, frame: Path = FRAME, size: tuple[int, int
     step = meta.get("step")
     fig.suptitle(f"{ckpt.name}: {model}" + (f", {recipe}" if recipe else "") + (f", step {step}" if step is not None else ""),
                  fontsize=11)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
+    save_figure(fig, out)
     return {"out": str(out), "size": list(size), "own_relight": own_relight, "class_shares": shares}
 
 

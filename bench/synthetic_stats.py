@@ -253,6 +253,8 @@ def figures(ex: dict, r: dict, folder: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from nightseg.evaluation.report import save_figure
+
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     rows = [np.concatenate([s.day.image, colorize(s.day.train_ids), s.night.image, colorize(s.night.train_ids)], 1)
@@ -287,8 +289,7 @@ def figures(ex: dict, r: dict, folder: Path) -> list[Path]:
         ax[j].legend(fontsize=7)
     fig.tight_layout()
     p = folder / "synthetic_exposure.png"
-    fig.savefig(p, dpi=90)
-    plt.close(fig)
+    save_figure(fig, p, dpi=90)
     written.append(p)
     if "bdd" in r:
         fig, ax = plt.subplots(1, 1, figsize=(10, 3.2))
@@ -301,8 +302,7 @@ def figures(ex: dict, r: dict, folder: Path) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         p = folder / "synthetic_rows.png"
-        fig.savefig(p, dpi=90)
-        plt.close(fig)
+        save_figure(fig, p, dpi=90)
         written.append(p)
     return written
 

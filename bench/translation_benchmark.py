@@ -199,6 +199,8 @@ def _plot_histograms(hists: dict[str, np.ndarray], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from nightseg.evaluation.report import save_figure
+
     fig, ax = plt.subplots(figsize=(7, 3.6))
     centres = (np.arange(64) + 0.5) / 64
     styles = {"real day": "C0-", "day→night (CycleGAN)": "C3-", "real night": "k-", "night→day (CycleGAN)": "C2--"}
@@ -210,9 +212,7 @@ def _plot_histograms(hists: dict[str, np.ndarray], path: Path) -> None:
     ax.set_title("Exposure histograms, synthetic train images (64x128)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _grid(day: torch.Tensor, fake_night: torch.Tensor, night: torch.Tensor, fake_day: torch.Tensor, path: Path) -> None:
@@ -229,6 +229,8 @@ def _plot_ratio(sweep: dict[float, list[dict]], method1: list[dict], path: Path)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from nightseg.evaluation.report import save_figure
 
     ratios = sorted(sweep)
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
@@ -249,9 +251,7 @@ def _plot_ratio(sweep: dict[float, list[dict]], method1: list[dict], path: Path)
     ax.set_title("Seed 004 ratio sweep, synthetic 64x128 (mean ± std over seeds)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 # --------------------------------------------------------------------------------------------- report

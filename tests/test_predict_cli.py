@@ -217,3 +217,20 @@ def test_real_frame_figure_script(ckpt, realdata, tmp_path):
     assert module.main([str(ckpt), "--out", str(out), "--size", "54x96"]) == 0
     with __import__("PIL.Image").Image.open(out) as img:
         assert img.width > 3 * img.height / 2 and img.mode in ("RGBA", "RGB")
+
+
+def test_save_figure_writes_png_atomically_and_releases_pyplot_figures(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nightseg.evaluation.report import save_figure
+
+    fig, ax = plt.subplots(figsize=(2, 1))
+    ax.plot([0, 1], [1, 0])
+    out = save_figure(fig, tmp_path / "deep" / "plot.png", dpi=50)
+    assert out == tmp_path / "deep" / "plot.png"
+    assert read_image(out).shape[2] == 3 and read_image(out).shape[0] > 10
+    assert not plt.fignum_exists(fig.number)
+    assert [p.name for p in out.parent.iterdir()] == ["plot.png"]  # no temporary file left behind

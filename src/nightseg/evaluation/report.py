@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,14 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: str | Path, dpi: float | None = None) -> Path:
+    """Atomically write a matplotlib figure as PNG (parent folders created), release it, return the path."""
+    path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
+        fig.savefig(tmp, format="png", bbox_inches="tight", dpi=dpi)
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:  # a pyplot-managed figure stays in memory until closed
+        pyplot.close(fig)
     return path
 
 
@@ -64,7 +70,7 @@ def plot_per_class(results: dict[str, Any], path: Path) -> Path:
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
     ax.set_title("Per-class IoU")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_exposure(exposure: dict[str, Any], path: Path) -> Path:
@@ -93,7 +99,7 @@ def plot_exposure(exposure: dict[str, Any], path: Path) -> Path:
     ax.set_ylim(0, 100)
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title("Scores per exposure bin")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion(results: dict[str, Any], path: Path) -> Path:
@@ -114,7 +120,7 @@ def plot_confusion(results: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("ground truth")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the ground-truth class")
     ax.set_title("Confusion matrix (row-normalised)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def format_markdown(results: dict[str, Any], title: str = "Evaluation") -> str:
