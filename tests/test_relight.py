@@ -258,3 +258,50 @@ def test_cli_apply_errors(night_folder, tmp_path, run_cli, monkeypatch):
         weights,
     )
     assert result.code == 2 and "n0.png" in result.err and "overwrite" in result.err
+
+
+def test_official_weights_are_downloaded_once_checked_and_cached(realdata, tmp_path, night_folder, run_cli,
+                                                                 monkeypatch):
+    """`--weights official` fetches Epoch99.pth through torch.hub (mocked here: no network in tests)."""
+    import hashlib
+    import shutil
+
+    from nightseg.models import relight
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    calls = []
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, hash_prefix))
+        shutil.copyfile(realdata / OFFICIAL, dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    out = tmp_path / "out"
+    assert run_cli("relight", "apply", night_folder / "n0.png", "--out", out, "--weights", "official").code == 0
+    assert run_cli("relight", "apply", night_folder / "n1.png", "--out", out, "--weights", "official").code == 0
+    # one download, of the pinned official file, verified against the SHA-256 of the real Epoch99.pth
+    assert len(calls) == 1 and calls[0][0].endswith("/Zero-DCE_code/snapshots/Epoch99.pth")
+    assert calls[0][1] == hashlib.sha256((realdata / OFFICIAL).read_bytes()).hexdigest()
+    cached = tmp_path / "hub" / "checkpoints" / "zero_dce_Epoch99.pth"
+    assert sorted(p.name for p in cached.parent.iterdir()) == [cached.name]
+    expected = relight_image(load_dce_weights(realdata / OFFICIAL), read_image(night_folder / "n0.png"))
+    assert np.array_equal(read_image(out / "n0.png"), expected)
+    assert relight.load_dce_weights("official").e_conv1.weight.equal(load_dce_weights(cached).e_conv1.weight)
+
+
+def test_official_weights_offline_gives_a_clear_error(tmp_path, night_folder, run_cli, monkeypatch):
+    import urllib.error
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(url, dst, hash_prefix=None, progress=True):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    result = run_cli("relight", "apply", night_folder, "--out", tmp_path / "o", "--weights", "official")
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "github.com/Li-Chongyi/Zero-DCE" in result.err and "by hand" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    assert not any((tmp_path / "hub" / "checkpoints").iterdir())  # no partial file left
+    with pytest.raises(UserError, match="could not download"):
+        load_dce_weights("official")

@@ -82,7 +82,7 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--relight", nargs="?", const=True, default=None, metavar="W",
                    help="relight with Zero-DCE first: the checkpoint's own net, else $NIGHTSEG_RELIGHT_WEIGHTS, "
-                        "or the weights W (Epoch99.pth / .safetensors); default: only if the checkpoint bundles one")
+                        "or the weights W (Epoch99.pth / .safetensors / official); default: only if the checkpoint bundles one")
     p.add_argument("--no-relight", action="store_true", help="never relight, even if the checkpoint bundles a net")
     p.add_argument("--night2day", type=Path, metavar="CKPT",
                    help="translate each image night->day first with a `nightseg translate train` generator (seed 004)")

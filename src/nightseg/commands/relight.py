@@ -62,7 +62,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     apply.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     apply.add_argument("--out", required=True, type=Path, help="output folder for the relit PNGs")
     apply.add_argument(
-        "--weights", type=Path, help="Epoch99.pth or .safetensors (default $NIGHTSEG_RELIGHT_WEIGHTS)"
+        "--weights", type=Path,
+        help="Epoch99.pth, .safetensors, or 'official' (downloads the official Zero-DCE weights once; "
+        "default $NIGHTSEG_RELIGHT_WEIGHTS)",
     )
     apply.set_defaults(relight_func=run_apply)
     parser.set_defaults(func=run)

@@ -66,8 +66,9 @@ class RelightParams:
 
     enabled: bool = True
     weights: str | None = None
-    """DCE-Net weights: the official Zero-DCE ``Epoch99.pth`` or a ``nightseg relight train`` .safetensors
-    (relative paths from the current directory); ``null``: ``$NIGHTSEG_RELIGHT_WEIGHTS``."""
+    """DCE-Net weights: the official Zero-DCE ``Epoch99.pth`` (``official``: downloaded once) or a
+    ``nightseg relight train`` .safetensors (relative paths from the current directory); ``null``:
+    ``$NIGHTSEG_RELIGHT_WEIGHTS``."""
     curve_scale: float = 1.0
     """Estimate the curve maps on the image downscaled by this factor and upsample them (Zero-DCE++'s
     speed-up; 1.0 = Zero-DCE as in the paper)."""
@@ -179,7 +180,7 @@ def load_relight(params: RelightParams) -> DCENet:
     if not weights:
         raise UserError(
             "method.relight.weights: no relighting weights; set it (or $NIGHTSEG_RELIGHT_WEIGHTS) to the official "
-            "Zero-DCE Epoch99.pth or a file from `nightseg relight train`, or set method.relight.enabled=false"
+            "Zero-DCE Epoch99.pth ('official' downloads it) or a file from `nightseg relight train`, or set method.relight.enabled=false"
         )
     net = load_dce_weights(Path(weights).expanduser())
     net.requires_grad_(False)

@@ -19,9 +19,17 @@ from torch import nn
 
 from nightseg.checkpoint import load_checkpoint, load_state_into, save_checkpoint
 from nightseg.errors import UserError
+from nightseg.io import atomic_path
 
 ITERATIONS = 8
 WEIGHTS_ENV = "NIGHTSEG_RELIGHT_WEIGHTS"
+OFFICIAL = "official"
+"""Weights name that means the official Zero-DCE ``Epoch99.pth`` (downloaded once into the torch hub cache)."""
+OFFICIAL_URL = (
+    "https://github.com/Li-Chongyi/Zero-DCE/raw/43f9da935d55758d93b54a47ce5872c96b342668/"
+    "Zero-DCE_code/snapshots/Epoch99.pth"
+)
+OFFICIAL_SHA256 = "a4395acb874f320375d9704997cef874eaaaaa26a1777ceb29a92b70f74c3612"
 MODEL_CONFIG = {"name": "zero_dce", "iterations": ITERATIONS, "channels": 32}
 
 
@@ -96,13 +104,36 @@ def _load_pth(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def official_weights() -> Path:
+    """Return the path of the official Zero-DCE ``Epoch99.pth`` in the torch hub cache, downloading it once.
+
+    The download is checked against its SHA-256 and written atomically; offline it raises a UserError that
+    says where to get the file by hand. The official weights are licensed CC BY-NC 4.0 (non-commercial).
+    """
+    target = Path(torch.hub.get_dir()) / "checkpoints" / "zero_dce_Epoch99.pth"
+    if target.is_file():
+        return target
+    try:
+        with atomic_path(target) as tmp:
+            torch.hub.download_url_to_file(OFFICIAL_URL, str(tmp), hash_prefix=OFFICIAL_SHA256, progress=True)
+    except Exception as exc:  # URLError, HTTPError, hash mismatch (RuntimeError), disk errors
+        raise UserError(
+            f"relighting weights {OFFICIAL!r}: could not download {OFFICIAL_URL} ({type(exc).__name__}: {exc}); "
+            f"offline, download Epoch99.pth by hand and pass its path instead of {OFFICIAL!r}"
+        ) from exc
+    return target
+
+
 def load_dce_weights(path: str | os.PathLike) -> DCENet:
     """Return an eval-mode DCENet with the weights at `path`.
 
-    Accepts the official pickled checkpoint (``Epoch99.pth``, read with ``weights_only=True``) and NightSeg
-    ``.safetensors`` files written by `save_dce_weights` / ``nightseg relight train``.
+    Accepts the official pickled checkpoint (``Epoch99.pth``, read with ``weights_only=True``), NightSeg
+    ``.safetensors`` files written by `save_dce_weights` / ``nightseg relight train``, and the name
+    ``"official"`` (the official weights, fetched by `official_weights`, unless a file of that name exists).
     """
     path = Path(path)
+    if str(path) == OFFICIAL and not path.exists():
+        path = official_weights()
     if not path.is_file():
         raise UserError(f"{path}: relighting weights not found")
     if path.suffix == ".safetensors":
@@ -133,8 +164,8 @@ def resolve_weights(path: str | os.PathLike | None) -> Path:
     if env:
         return Path(env)
     raise UserError(
-        f"--weights: no relighting weights given; pass --weights (the official Zero-DCE Epoch99.pth or a "
-        f"file from `nightseg relight train`) or set ${WEIGHTS_ENV}"
+        f"--weights: no relighting weights given; pass --weights (the official Zero-DCE Epoch99.pth, "
+        f"'{OFFICIAL}' to download it, or a file from `nightseg relight train`) or set ${WEIGHTS_ENV}"
     )
 
 
