@@ -493,7 +493,7 @@ class StepProgressBar(TQDMProgressBar):
         n = trainer.global_step
         if self.train_progress_bar is not None and self._should_update(n, trainer.max_steps):
             self.train_progress_bar.n = n
-            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
             self.train_progress_bar.refresh()
 
     def init_validation_tqdm(self) -> Any:
