@@ -112,6 +112,37 @@ def test_per_class_iou_equals_cityscapesscripts(cityscapes, tmp_path, run_cli, p
     assert "road" in r.out and "mIoU" in r.out
 
 
+def test_per_class_iou_equals_cityscapesscripts_on_the_real_sample(realdata, tmp_path, run_cli):
+    """The same parity on the real Cityscapes 128x256 labels, with predictions made by shifting them and
+    painting wrong blobs (a realistic mix of boundary errors and confusions)."""
+    from nightseg.io import read_label
+
+    gt_file = realdata / "cityscapes_samples/tiny_128x256_with_gt/gtFine/frankfurt_000000_000294_gtFine_labelIds.png"
+    gt = read_label(gt_file)
+    rng = np.random.default_rng(3)
+    gt_dir, pred_dir = tmp_path / "gt" / "frankfurt", tmp_path / "pred"
+    write_png(gt_dir / gt_file.name, gt)
+    pred = _predict(gt, rng)
+    pred_file = pred_dir / "frankfurt_000000_000294_leftImg8bit.png"
+    write_png(pred_file, pred)
+    ref = _cityscapes_reference([pred_file], [gt_dir / gt_file.name], tmp_path)
+    out = tmp_path / "ours.json"
+    r = run_cli("eval", "--pred", pred_dir, "--gt", tmp_path / "gt", "--gt-format", "labelIds",
+                "--pred-format", "labelIds", "--json", out)
+    assert r.code == 0, r.err
+    ours = json.loads(out.read_text())
+    compared = 0
+    for name in CLASS_NAMES:
+        theirs, mine = ref["classScores"][name], ours["per_class"][name]["iou"]
+        if math.isnan(theirs):
+            assert mine is None, name
+        else:
+            assert mine == pytest.approx(theirs, abs=1e-6), name
+            compared += 1
+    assert compared >= 8  # road, sidewalk, building, vegetation, sky, car, ... of a real street scene
+    assert ours["mIoU"] == pytest.approx(ref["averageScoreClasses"], abs=1e-6)
+
+
 def test_trainids_gt_matches_labelids_gt_and_json_is_consistent(cityscapes, tmp_path, run_cli):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     assert run_cli("eval", "--pred", cityscapes["pred_train"], "--gt", cityscapes["gt"], "--json", a).code == 0
@@ -232,6 +263,15 @@ def test_missing_folders(cityscapes, tmp_path, run_cli):
     empty = tmp_path / "empty"
     empty.mkdir()
     _error(run_cli("eval", "--pred", empty, "--gt", cityscapes["gt"]), empty, "no predictions")
+
+
+def test_unwritable_output_is_one_line_exit_2(cityscapes, tmp_path, run_cli):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    out = blocker / "scores.json"
+    _error(run_cli("eval", "--pred", cityscapes["pred_train"], "--gt", cityscapes["gt"], "--json", out),
+           blocker, "File exists", "check that the path exists")
+    assert blocker.read_text() == "a file where a folder should be"
 
 
 def test_prediction_without_ground_truth_and_reverse(cityscapes, run_cli):

@@ -122,3 +122,14 @@ def test_cli_version_help_and_unknown_command(run_cli, capsys):
     with pytest.raises(SystemExit) as exc:
         run_cli("no-such-command")
     assert exc.value.code == 2
+
+
+def test_list_images_names_a_missing_folder_and_a_file_given_as_folder(tmp_path):
+    from nightseg.io import list_images
+
+    write_png(tmp_path / "a" / "x.png", np.zeros((4, 4), np.uint8))
+    assert [p.name for p in list_images(tmp_path / "a")] == ["x.png"]
+    with pytest.raises(UserError, match="folder not found"):
+        list_images(tmp_path / "missing")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        list_images(tmp_path / "a" / "x.png")

@@ -61,6 +61,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_message(exc: OSError) -> str:
+    """Return a one-line message for a file-system error: the path, the reason and what to check."""
+    where = exc.filename if exc.filename is not None else "a file"
+    if exc.filename2 is not None:
+        where = f"{exc.filename} -> {exc.filename2}"
+    reason = exc.strerror or str(exc)
+    return f"{where}: {reason}; check that the path exists, is writable and the disk has space (--debug shows the traceback)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code (0 ok, 1 failed check, 2 bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -78,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return UserError.exit_code
+    except OSError as exc:  # a path the user gave cannot be read or written (missing, permissions, disk full)
+        if debug:
+            raise
+        print(f"error: {os_error_message(exc)}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

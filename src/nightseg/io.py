@@ -133,6 +133,7 @@ def list_images(folder: str | os.PathLike, suffix: str | None = None) -> list[Pa
     """Return the image files under `folder` (recursively), sorted; raise a UserError if it is missing."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"{folder}: folder not found")
+        what = "is a file, not a folder; give the folder that holds it" if folder.exists() else "folder not found"
+        raise UserError(f"{folder}: {what}")
     suffixes = (suffix,) if suffix else IMAGE_SUFFIXES
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes))
