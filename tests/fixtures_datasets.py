@@ -6,8 +6,10 @@ public code (``night/train/GOPR0351/GOPR0351_frame_000159`` etc.). NightCity has
 its names here are illustrative. The Cityscapes val sample is the real 128x256 image with its real
 gtFine labels. Everything else is written small (36x64) so that the tests stay fast.
 
-Each ``make_*`` returns a `Tree`: the root plus, per labelled sample, its image and label paths, which
-`plant` uses to put one defect of a given kind into the copy.
+Each ``make_*`` returns a `Tree`: the root plus, per labelled sample, its image and label paths (and,
+where the dataset has them, its invalid mask, its reference image and the night/day pairs), which `plant`
+uses to put one defect of a given kind into the copy. `CHECK_DEFECTS` lists, per `nightseg data check`
+name, the defects its fixture can carry.
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ from nightseg.io import write_png
 
 H, W = 36, 64
 DEFECTS = ("missing_label", "size_mismatch", "unknown_value", "corrupt_image")
+"""Defects of a labelled sample, planted in every labelled fixture."""
+INVALID_DEFECTS = ("missing_invalid", "invalid_size_mismatch")
+"""Defects of the ``_gt_invIds`` invalid mask (Dark Zurich val, ACDC)."""
+REFERENCE_DEFECTS = ("missing_reference", "reference_size_mismatch", "corrupt_reference")
+"""Defects of the ACDC ``_rgb_ref_anon`` reference image."""
+PAIR_DEFECTS = ("corrupt_night", "corrupt_day")
+"""Defects of a Dark Zurich night->day pair."""
 
 
 @dataclass
@@ -36,6 +45,9 @@ class Tree:
     root: Path
     labelled: list[tuple[Path, Path]] = field(default_factory=list)
     unknown_value: int = 200
+    invalid: dict[Path, Path] = field(default_factory=dict)  # image -> its invalid mask
+    references: dict[Path, Path] = field(default_factory=dict)  # image -> its reference (day) image
+    pairs: list[tuple[Path, Path]] = field(default_factory=list)  # (night, day) images of the pair CSV rows
 
 
 def _rng(path: Path) -> np.random.Generator:
@@ -97,9 +109,11 @@ def make_dark_zurich(root: Path, realdata: Path, twilight: bool = False) -> Tree
     tree = Tree("dark_zurich", root)
     rows = dark_zurich_rows(realdata)
     for night, day in rows:
-        image(root / "rgb_anon" / f"{night}_rgb_anon.png")
-        if not (root / "rgb_anon" / f"{day}_rgb_anon.png").exists():
-            image(root / "rgb_anon" / f"{day}_rgb_anon.png")
+        night_img = image(root / "rgb_anon" / f"{night}_rgb_anon.png")
+        day_img = root / "rgb_anon" / f"{day}_rgb_anon.png"
+        if not day_img.exists():
+            image(day_img)
+        tree.pairs.append((night_img, day_img))
     with (root / "zurich_dn_pair_train.csv").open("w", newline="") as fh:
         csv.writer(fh).writerows(rows)
     val = lines(realdata, "zurich_val.txt")[:3]
@@ -112,6 +126,7 @@ def make_dark_zurich(root: Path, realdata: Path, twilight: bool = False) -> Tree
         inv[:, : W // 4] = 255
         write_png(root / f"{stem}_gt_invIds.png", inv)
         tree.labelled.append((img, lab))
+        tree.invalid[img] = root / f"{stem}_gt_invIds.png"
     for rel in lines(realdata, "zurich_test.txt")[:2]:
         image(root / "rgb_anon" / rel)
     if twilight:  # no public twilight list: an illustrative sequence name
@@ -128,20 +143,24 @@ def make_acdc(root: Path, realdata: Path | None = None) -> Tree:
     for rel in ACDC_NAMES:
         cond, split, seq, stem = rel.split("/")
         img = image(root / "rgb_anon" / cond / split / seq / f"{stem}_rgb_anon.png")
-        image(root / "rgb_anon" / cond / f"{split}_ref" / seq / f"{stem}_rgb_ref_anon.png")
+        tree.references[img] = image(root / "rgb_anon" / cond / f"{split}_ref" / seq / f"{stem}_rgb_ref_anon.png")
         lab = label(root / "gt" / cond / split / seq / f"{stem}_gt_labelTrainIds.png", TRAIN_VALUES)
         inv = np.zeros((H, W), dtype=np.uint8)
         inv[: H // 3] = 1
-        write_png(root / "gt" / cond / split / seq / f"{stem}_gt_invIds.png", inv)
+        tree.invalid[img] = root / "gt" / cond / split / seq / f"{stem}_gt_invIds.png"
+        write_png(tree.invalid[img], inv)
         tree.labelled.append((img, lab))
     return tree
 
 
+ND_VALUES = ((0, 1, 255), (2, 8, 255), (10, 13, 255))  # trainIds of the i-th Nighttime Driving label (distinct per sample)
+
+
 def make_nighttime_driving(root: Path, realdata: Path) -> Tree:
     tree = Tree("nighttime_driving", root)
-    for img_rel, gt_rel in list(zip(lines(realdata, "leftImg8bit_filenames.txt"),
-                                    lines(realdata, "gt_filenames.txt")))[:3]:
-        tree.labelled.append((image(root / img_rel), label(root / gt_rel, TRAIN_VALUES)))
+    pairs = list(zip(lines(realdata, "leftImg8bit_filenames.txt"), lines(realdata, "gt_filenames.txt")))[:3]
+    for (img_rel, gt_rel), values in zip(pairs, ND_VALUES):
+        tree.labelled.append((image(root / img_rel), label(root / gt_rel, values)))
     return tree
 
 
@@ -155,6 +174,20 @@ def make_nightcity(root: Path, realdata: Path | None = None, suffix: str = "_lab
         for name in names:
             img = image(root / "images" / split / f"{name}.png", 32, 64)
             tree.labelled.append((img, label(root / "label" / split / f"{name}{suffix}", values, 32, 64)))
+    return tree
+
+
+NIGHTCITY_PLUS_VALUES = (7, 11, 26)  # labelIds road, building, car: the relabelled val map differs from NightCity's
+
+
+def make_nightcity_plus(root: Path, realdata: Path | None = None) -> Tree:
+    """NightCity with its val labels replaced by relabelled maps (as in a NightCity+ copy); val sample first."""
+    tree = make_nightcity(root)
+    tree.name = "nightcity+"
+    val = [(img, lab) for img, lab in tree.labelled if img.parent.name == "val"]
+    for _img, lab in val:
+        label(lab, NIGHTCITY_PLUS_VALUES, 32, 64)
+    tree.labelled = val + [pair for pair in tree.labelled if pair not in val]
     return tree
 
 
@@ -207,20 +240,53 @@ BUILDERS = {
     "acdc": make_acdc,
     "nighttime_driving": make_nighttime_driving,
     "nightcity": make_nightcity,
+    "nightcity+": make_nightcity_plus,
     "bdd100k": make_bdd100k,
     "folder": make_folder,
+    "dark_zurich_pairs": make_dark_zurich,
 }
+"""`nightseg data check` name -> the builder of its fixture."""
+
+CHECK_DEFECTS: dict[str, tuple[str, ...]] = {name: DEFECTS for name in BUILDERS} | {
+    "dark_zurich": DEFECTS + INVALID_DEFECTS,
+    "acdc": DEFECTS + INVALID_DEFECTS + REFERENCE_DEFECTS,
+    "dark_zurich_pairs": PAIR_DEFECTS,  # the pairs are unlabelled: only their images can be bad
+}
+"""`nightseg data check` name -> the defects `plant` can put into its fixture."""
+
+
+def _resize(path: Path, mask: bool) -> None:
+    arr = np.asarray(Image.open(path))
+    h, w = arr.shape[:2]
+    if mask:
+        label(path, (0,), h + 2, w)
+    else:
+        image(path, h + 2, w)
+
+
+def _corrupt(path: Path) -> Path:
+    path.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    return path
 
 
 def plant(tree: Tree, kind: str, index: int = 0) -> Path:
-    """Put one defect of `kind` (see DEFECTS) into labelled sample `index`; return the file it concerns."""
+    """Put one defect of `kind` (see `CHECK_DEFECTS`) into sample `index`; return the file it concerns.
+
+    The sample is labelled sample `index` (its invalid mask or reference for those kinds), or for the pair
+    kinds pair `index`; ``corrupt_day`` counts only pairs whose day image no other pair lists, so that the
+    defect concerns one sample.
+    """
+    if kind in PAIR_DEFECTS:
+        if kind == "corrupt_night":
+            return _corrupt(tree.pairs[index][0])
+        days = [day for _night, day in tree.pairs]
+        return _corrupt([day for day in days if days.count(day) == 1][index])
     img, lab = tree.labelled[index]
     if kind == "missing_label":
         lab.unlink()
         return img
     if kind == "size_mismatch":
-        h, w = np.asarray(Image.open(lab)).shape[:2]
-        label(lab, (0,), h + 2, w)
+        _resize(lab, mask=True)
         return lab
     if kind == "unknown_value":
         arr = np.asarray(Image.open(lab)).copy()
@@ -228,6 +294,19 @@ def plant(tree: Tree, kind: str, index: int = 0) -> Path:
         write_png(lab, arr)
         return lab
     if kind == "corrupt_image":
-        img.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+        return _corrupt(img)
+    if kind == "missing_invalid":
+        tree.invalid[img].unlink()
         return img
+    if kind == "invalid_size_mismatch":
+        _resize(tree.invalid[img], mask=True)
+        return tree.invalid[img]
+    if kind == "missing_reference":
+        tree.references[img].unlink()
+        return img
+    if kind == "reference_size_mismatch":
+        _resize(tree.references[img], mask=False)
+        return tree.references[img]
+    if kind == "corrupt_reference":
+        return _corrupt(tree.references[img])
     raise ValueError(kind)

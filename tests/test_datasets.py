@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,9 @@ from torchvision import tv_tensors
 from fixtures_datasets import (
     BDD_DAY_ID,
     BUILDERS,
-    DEFECTS,
+    CHECK_DEFECTS,
+    ND_VALUES,
+    NIGHTCITY_PLUS_VALUES,
     H,
     W,
     bdd_night_ids,
@@ -32,6 +36,8 @@ from nightseg.data import (
     ACDC,
     BDD100K,
     DATASET_NAMES,
+    DATASETS,
+    TRAIN_PRESETS,
     Cityscapes,
     DarkZurich,
     DarkZurichPairs,
@@ -42,10 +48,12 @@ from nightseg.data import (
     build_dataset,
     denormalize_imagenet,
     normalize_imagenet,
+    preset_transform,
     train_transform,
 )
+from nightseg.data.check import SELECTION_FLAGS, check_dataset, selection_options
 from nightseg.data.photometric import StrongConfig, WeakConfig, gaussian_blur, strong_augment, weak_augment
-from nightseg.data.transforms import RandomScaleCrop
+from nightseg.data.transforms import RandomScaleCrop, Resize
 from nightseg.errors import UserError
 
 
@@ -183,7 +191,14 @@ def test_nighttime_driving_real_names(tmp_path, realdata):
     ds = NighttimeDriving(tmp_path)
     expected = [n.split("/")[-1].removesuffix("_leftImg8bit.png") for n in lines(realdata, "leftImg8bit_filenames.txt")[:3]]
     assert [r.name for r in ds.records] == sorted(expected)
-    _check_contract(ds[0])
+    # each fixture label has its own trainIds (ND_VALUES, in list order): stored as trainIds, read unchanged
+    values = dict(zip(expected, ND_VALUES))
+    for i, record in enumerate(ds.records):
+        sample = ds[i]
+        _check_contract(sample)
+        assert record.label.name == f"{record.name}_gtCoarse_labelTrainIds.png"
+        assert sorted(sample["label"].unique().tolist()) == sorted(values[sample["name"]])
+        assert np.array_equal(sample["label"].numpy(), np.asarray(Image.open(record.label)))
 
 
 def test_nightcity_label_encodings_and_nightcity_plus(tmp_path):
@@ -247,7 +262,7 @@ def test_wrong_root_names_the_expected_layout(tmp_path, name):
 
 
 # ------------------------------------------------------------------------------------------- bad input
-def test_bad_files_raise_naming_the_file_or_are_skipped(tmp_path, realdata):
+def test_bad_files_raise_naming_the_file_or_are_skipped(tmp_path, realdata, caplog):
     tree = make_cityscapes(tmp_path, realdata)
     bad = plant(tree, "corrupt_image", 0)
     ds = Cityscapes(tmp_path, "train")
@@ -255,14 +270,23 @@ def test_bad_files_raise_naming_the_file_or_are_skipped(tmp_path, realdata):
     with pytest.raises(UserError, match=str(bad)):
         ds[index]
     skipping = Cityscapes(tmp_path, "train", skip_bad=True)
-    assert skipping[index]["name"] == skipping.records[(index + 1) % 3].name
+    with caplog.at_level(logging.WARNING, logger="nightseg.data"):
+        assert skipping[index]["name"] == skipping.records[(index + 1) % 3].name
+        skipping[index]  # a known-bad sample is skipped silently the second time
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(f"skipping bad sample: {bad}: cannot decode image")
     lab = plant(tree, "unknown_value", 1)
     with pytest.raises(UserError, match=rf"{lab}: unknown label values \[200\]"):
         Cityscapes(tmp_path, "train")[[r.label for r in ds.records].index(lab)]
     (tree.labelled[2][1]).unlink()
     with pytest.raises(UserError, match="no label"):
         Cityscapes(tmp_path, "train")
-    assert len(Cityscapes(tmp_path, "train", skip_bad=True)) == 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nightseg.data"):
+        assert len(Cityscapes(tmp_path, "train", skip_bad=True)) == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"Cityscapes train: skipping 1 incomplete samples, first: {tree.labelled[2][0]}: no label "
+                        f"(expected {tree.labelled[2][1]})"]
 
 
 def test_gray_rgba_and_16bit_images_load_as_rgb(tmp_path, realdata):
@@ -290,24 +314,167 @@ def test_data_check_clean_fixture(tmp_path, realdata, run_cli, name):
     assert "result: clean" in result.out and "image sizes:" in result.out
 
 
-@pytest.mark.parametrize("defect", DEFECTS)
-@pytest.mark.parametrize("name", sorted(BUILDERS))
+def _defect_lines(out: str) -> list[str]:
+    assert "DEFECTS" in out, out
+    return [line.strip() for line in out.split("DEFECTS", 1)[1].splitlines()[1:] if line.startswith("  ")]
+
+
+@pytest.mark.parametrize(("name", "defect"), [(n, d) for n in sorted(CHECK_DEFECTS) for d in CHECK_DEFECTS[n]])
 def test_data_check_reports_planted_defect(tmp_path, realdata, run_cli, name, defect):
     tree = BUILDERS[name](tmp_path, realdata)
     path = plant(tree, defect)
     result = run_cli("data", "check", name, tmp_path)
     assert result.code == 1, result.out + result.err
-    defect_lines = [line.strip() for line in result.out.split("DEFECTS", 1)[1].splitlines()[1:] if line.startswith("  ")]
+    defect_lines = _defect_lines(result.out)
     assert len(defect_lines) == 1, result.out
+    img = tree.labelled[0][0] if tree.labelled else None
     expected = {
-        "missing_label": f"{path}: no label (expected {tree.labelled[0][1]})",
+        "missing_label": f"{path}: no label (expected {tree.labelled[0][1] if tree.labelled else ''})",
         "size_mismatch": f"{path}: label is",
         "unknown_value": f"{path}: unknown label values [{tree.unknown_value}]",
         "corrupt_image": f"{path}: cannot decode image",
+        "missing_invalid": f"{path}: no invalid (expected {tree.invalid.get(img)})",
+        "invalid_size_mismatch": f"{path}: invalid mask is {W}x{H + 2} but its image {img and img.name} is {W}x{H}",
+        "missing_reference": f"{path}: no reference (expected {tree.references.get(img)})",
+        "reference_size_mismatch": f"{path}: reference image is {W}x{H + 2} but its image {img and img.name} is {W}x{H}",
+        "corrupt_reference": f"{path}: cannot decode image",
+        "corrupt_night": f"{path}: cannot decode image",
+        "corrupt_day": f"{path}: cannot decode image",
     }[defect]
     assert defect_lines[0].startswith(expected), defect_lines[0]
     skipping = run_cli("data", "check", name, tmp_path, "--skip-bad")
     assert skipping.code == 0 and "with --skip-bad these samples are skipped" in skipping.out
+    assert _defect_lines(skipping.out) == defect_lines  # the skipped file is named
+
+
+def test_nightcity_plus_fixture_reads_the_relabelled_val_maps(tmp_path, run_cli):
+    tree = BUILDERS["nightcity+"](tmp_path)
+    val = NightCityPlus(tmp_path)
+    assert [r.image for r in val.records] == [tree.labelled[0][0]]
+    # labelIds road, building, car -> trainIds 0, 2, 13 (NightCity's own val map has other classes)
+    assert sorted(val[0]["label"].unique().tolist()) == [0, 2, 13] and NIGHTCITY_PLUS_VALUES == (7, 11, 26)
+    result = run_cli("data", "check", "nightcity+", tmp_path, "--split", "val")
+    assert result.code == 0 and "label values (stored): 7, 11, 26" in result.out
+
+
+# ------------------------------------------------------------------------------------------- data check selection
+def test_data_check_bdd100k_night_subset_by_timeofday(tmp_path, realdata, run_cli):
+    tree = make_bdd100k(tmp_path, realdata)
+    ids = bdd_night_ids(realdata)
+    night_img, night_lab = next((img, lab) for img, lab in tree.labelled if img.stem == ids["train"][0])
+    day_index = next(i for i, (img, _lab) in enumerate(tree.labelled) if img.stem == BDD_DAY_ID)
+    bad_night = plant(tree, "unknown_value", tree.labelled.index((night_img, night_lab)))
+    bad_day = plant(tree, "corrupt_image", day_index)
+
+    night = run_cli("data", "check", "bdd100k", tmp_path, "--timeofday", "night")
+    assert night.code == 1, night.out + night.err
+    assert night.out.splitlines()[0] == f"BDD100K at {tmp_path} (timeofday=night)"
+    assert "train: 2 samples (1 readable)" in night.out and "selected 2 of 3 train images" in night.out
+    assert "val: 1 sample (1 readable)" in night.out
+    assert _defect_lines(night.out) == [
+        f"{bad_night}: unknown label values [200]; expected trainIds 0-18 and 255 (ignore)"]
+    assert str(bad_day) not in night.out  # the daytime image is not selected, so not read
+
+    everything = run_cli("data", "check", "bdd100k", tmp_path)
+    assert everything.code == 1 and "train: 3 samples (1 readable)" in everything.out
+    assert [line.split(":")[0] for line in _defect_lines(everything.out)] == sorted([str(bad_night), str(bad_day)])
+
+    names = tmp_path / "night.txt"
+    names.write_text(f"{ids['train'][1]}.jpg\n")  # the clean night image only
+    listed = run_cli("data", "check", "bdd100k", tmp_path, "--night-list", names, "--split", "train")
+    assert listed.code == 0, listed.out
+    assert "train: 1 sample (1 readable)" in listed.out and "result: clean (1 sample)" in listed.out
+
+    day = run_cli("data", "check", "bdd100k", tmp_path, "--timeofday", "daytime", "--split", "train",
+                  "--attributes-json", tmp_path / "bdd100k/labels/bdd100k_labels_images_train.json")
+    day_defects = _defect_lines(day.out)
+    assert day.code == 1 and len(day_defects) == 1 and day_defects[0].startswith(f"{bad_day}: cannot decode image")
+    assert str(bad_night) not in day.out
+
+
+def test_data_check_bdd100k_timeofday_skips_the_unattributed_test_split(tmp_path, realdata, run_cli):
+    make_bdd100k(tmp_path, realdata)
+    image(tmp_path / "bdd100k/images/10k/test/0a0a0b1a-7c39d841.jpg", 72, 128)
+    result = run_cli("data", "check", "bdd100k", tmp_path, "--timeofday", "night")
+    assert result.code == 0, result.out + result.err
+    json_path = tmp_path / "bdd100k/labels/bdd100k_labels_images_test.json"
+    assert f"not checked: test ({json_path}: BDD100K labels JSON not found" in result.out
+    assert "result: clean (3 samples)" in result.out
+    # asked for explicitly, the split that cannot be selected is an error
+    only_test = run_cli("data", "check", "bdd100k", tmp_path, "--timeofday", "night", "--split", "test")
+    assert only_test.code == 2 and only_test.err.startswith(f"error: {json_path}: BDD100K labels JSON not found")
+
+
+def test_data_check_acdc_and_dark_zurich_selection(tmp_path, realdata, run_cli):
+    tree = make_acdc(tmp_path / "acdc")
+    fog = next(i for i, (img, _lab) in enumerate(tree.labelled) if "/fog/" in img.as_posix())
+    bad_ref = plant(tree, "corrupt_reference", 0)  # the night sample's reference
+    bad_fog = plant(tree, "unknown_value", fog)
+    every = run_cli("data", "check", "acdc", tmp_path / "acdc")
+    assert every.code == 1 and len(_defect_lines(every.out)) == 2
+    night = run_cli("data", "check", "acdc", tmp_path / "acdc", "--condition", "night")
+    assert night.code == 1 and "night: 1 samples with references" in night.out
+    assert [line.split(":")[0] for line in _defect_lines(night.out)] == [str(bad_ref)]
+    no_refs = run_cli("data", "check", "acdc", tmp_path / "acdc", "--condition", "night,rain", "--no-references")
+    assert no_refs.code == 0, no_refs.out
+    assert "night: 1 samples" in no_refs.out and "rain: 1 samples" in no_refs.out and "fog:" not in no_refs.out
+    assert "train: 2 samples (2 readable)" in no_refs.out and str(bad_fog) not in no_refs.out
+
+    make_dark_zurich(tmp_path / "dz", realdata, twilight=True)
+    twilight = run_cli("data", "check", "dark_zurich", tmp_path / "dz", "--condition", "twilight")
+    assert twilight.code == 0
+    assert [line.split(":")[0] for line in twilight.out.splitlines()[1:] if not line.startswith(" ")] == [
+        "train/twilight", "result"]
+    bad = run_cli("data", "check", "dark_zurich", tmp_path / "dz", "--condition", "fog")
+    assert bad.code == 2 and bad.err.count("\n") == 1
+    assert "Dark Zurich condition 'fog' (--condition): expected one of day, night, twilight or 'all'" in bad.err
+
+    csv_path = tmp_path / "dz" / "zurich_dn_pair_train.csv"
+    moved = csv_path.rename(tmp_path / "my_pairs.csv")
+    assert run_cli("data", "check", "dark_zurich_pairs", tmp_path / "dz").code == 2
+    pairs = run_cli("data", "check", "dark_zurich_pairs", tmp_path / "dz", "--pairs", moved)
+    assert pairs.code == 0 and f"pairs from {moved}" in pairs.out and "train: 3 samples (3 readable)" in pairs.out
+
+
+def test_data_check_label_options_nightcity_cityscapes_folder(tmp_path, realdata, run_cli):
+    make_nightcity(tmp_path / "nc")
+    relabelled = tmp_path / "plus_labels"
+    label(relabelled / "LosAngeles_0007_labelIds.png", (26, 200), 32, 64)
+    plus = run_cli("data", "check", "nightcity+", tmp_path / "nc", "--split", "val", "--label-dir", relabelled)
+    assert plus.code == 1 and _defect_lines(plus.out) == [
+        f"{relabelled / 'LosAngeles_0007_labelIds.png'}: unknown label values [200]; expected Cityscapes labelIds 0-33"]
+    make_cityscapes(tmp_path / "cs", realdata)
+    train_ids = run_cli("data", "check", "cityscapes", tmp_path / "cs", "--split", "val", "--label-type", "labelTrainIds")
+    assert train_ids.code == 1 and "no label (expected" in train_ids.out and "_gtFine_labelTrainIds.png)" in train_ids.out
+    make_folder(tmp_path / "f")
+    unlabelled = run_cli("data", "check", "folder", tmp_path / "f", "--unlabelled")
+    assert unlabelled.code == 0 and "train: 3 samples (3 readable), 0 unmatched files, unlabelled" in unlabelled.out
+
+
+@pytest.mark.parametrize(("name", "option", "applies_to"), [
+    ("cityscapes", ("--timeofday", "night"), "bdd100k"),
+    ("nighttime_driving", ("--condition", "night"), "dark_zurich, acdc"),
+    ("bdd100k", ("--pairs", "pairs.csv"), "dark_zurich_pairs"),
+    ("acdc", ("--label-dir", "labels"), "nightcity, nightcity+"),
+    ("dark_zurich", ("--no-references",), "acdc"),
+])
+def test_data_check_refuses_an_option_the_dataset_does_not_take(tmp_path, run_cli, name, option, applies_to):
+    result = run_cli("data", "check", name, tmp_path, *option)
+    assert result.code == 2 and result.out == ""
+    flag = "--references/--no-references" if option[0] == "--no-references" else option[0]
+    assert result.err.startswith(f"error: {flag} does not apply to {name}: it applies to {applies_to} only (")
+    assert result.err.count("\n") == 1  # one line
+
+
+def test_every_loader_selection_keyword_has_a_check_option():
+    for name, cls in DATASETS.items():
+        for key in selection_options(cls):
+            assert key in SELECTION_FLAGS, f"{name}: {key}"
+    assert selection_options(BDD100K) == ("night_list", "timeofday", "attributes_json")
+    assert selection_options(ACDC) == ("conditions", "with_reference")
+    assert selection_options(DarkZurichPairs) == ("pairs_csv",)  # pair_geometry serves samples, selects nothing
+    with pytest.raises(UserError, match="--timeofday does not apply to cityscapes"):
+        check_dataset("cityscapes", ".", timeofday="night")
 
 
 def test_data_check_pairs_missing_day_image_and_orphan_label(tmp_path, realdata, run_cli):
@@ -362,6 +529,43 @@ def test_scale_crop_is_deterministic_nearest_and_pads_with_ignore():
     resized = train_transform(crop_size=30, scale_range=(1.0, 1.0), out_size=(12, 10))(sample)
     assert resized["image"].shape == (3, 12, 10) and resized["label"].shape == (12, 10)
     assert set(resized["label"].unique().tolist()) <= set(range(19))
+
+
+def _crop_of(transform) -> RandomScaleCrop:
+    crop = transform.transforms[0]
+    assert isinstance(crop, RandomScaleCrop)
+    return crop
+
+
+def test_train_presets_have_the_seeds_settings_and_can_be_overridden():
+    # seed 000 Sec. 4.1 (after DANNet): Cityscapes crop 512 at scale 0.5-1.0, Dark Zurich crop 960 at 0.9-1.1
+    assert TRAIN_PRESETS["cityscapes"] == {"crop_size": 512, "scale_range": (0.5, 1.0)}
+    assert TRAIN_PRESETS["dark_zurich"] == TRAIN_PRESETS["dark_zurich_pairs"] == {
+        "crop_size": 960, "scale_range": (0.9, 1.1)}
+    cs, dz = preset_transform("cityscapes"), preset_transform("dark_zurich_pairs")
+    assert (_crop_of(cs).crop_size, _crop_of(cs).scale_range) == ((512, 512), (0.5, 1.0))
+    assert (_crop_of(dz).crop_size, _crop_of(dz).scale_range) == ((960, 960), (0.9, 1.1))
+    assert [type(t).__name__ for t in cs.transforms] == ["RandomScaleCrop", "RandomHorizontalFlip"]
+    # the drawn scale stays in the preset's range: a 1024x2048 frame is scaled to 512-1024 rows
+    frame = [tv_tensors.Image(torch.zeros(3, 1024, 2048, dtype=torch.uint8))]
+    torch.manual_seed(0)
+    rows = [_crop_of(cs).make_params(frame)["size"][0] for _ in range(200)]
+    assert 512 <= min(rows) < 560 and 980 < max(rows) <= 1024
+    frame = [tv_tensors.Image(torch.zeros(3, 1080, 1920, dtype=torch.uint8))]
+    rows = [_crop_of(dz).make_params(frame)["size"][0] for _ in range(200)]
+    assert round(1080 * 0.9) <= min(rows) < 990 and 1150 < max(rows) <= round(1080 * 1.1)
+    sample = {"image": tv_tensors.Image(torch.zeros(3, 1080, 1920, dtype=torch.uint8)),
+              "label": tv_tensors.Mask(torch.zeros(1080, 1920, dtype=torch.uint8))}
+    out = dz(sample)
+    assert out["image"].shape == (3, 960, 960) and out["label"].shape == (960, 960)
+    # every setting can be overridden; the others keep the preset's value
+    custom = preset_transform("dark_zurich", crop_size=(480, 640), out_size=512, hflip=False)
+    assert (_crop_of(custom).crop_size, _crop_of(custom).scale_range) == ((480, 640), (0.9, 1.1))
+    assert [type(t) for t in custom.transforms] == [RandomScaleCrop, Resize] and custom.transforms[1].size == [512, 512]
+    assert preset_transform("dark_zurich", crop_size=(480, 640))(sample)["image"].shape == (3, 480, 640)
+    assert _crop_of(preset_transform("cityscapes", scale_range=(1.0, 1.0))).scale_range == (1.0, 1.0)
+    assert _crop_of(preset_transform("unknown")).crop_size == (512, 512)  # falls back to the Cityscapes preset
+    assert TRAIN_PRESETS["cityscapes"]["crop_size"] == 512  # overriding does not change the preset
 
 
 def test_flip_applies_jointly():
