@@ -2,7 +2,9 @@
 
 1. Class pixel frequencies of the labelled day scenes vs the Cityscapes frequencies (KL divergence,
    every class present), and of the labelled night scenes vs the 87 real BDD100K night label maps in
-   ../shared/realdata/bdd100k_night (per-class frequency and vertical position profile).
+   ../shared/realdata/bdd100k_night (per-class frequency, and where each class sits in the frame: its
+   distribution over 10 row bins (vertical profile) and over 10 column bins (horizontal profile), compared
+   by total-variation distance).
 2. Exposure: histograms of HSV V = max(R,G,B) over 10 bins, day vs night (as seed 001, Fig. 4), next to
    the real frames of ../shared/realdata/README.md; where over-exposed night pixels come from (light
    sources vs sky).
@@ -63,22 +65,28 @@ def v_hist(img: np.ndarray) -> np.ndarray:
 
 
 class LabelStats:
-    """Per-class pixel counts and per-class counts by image row bin (vertical position profile)."""
+    """Per-class pixel counts and per-class counts by image row bin and by image column bin (vertical and
+    horizontal position profiles; bins are fractions of the frame height / width, so frames of any size or
+    aspect ratio compare)."""
 
     def __init__(self) -> None:
         self.pixels = np.zeros(NUM_CLASSES)
         self.rows = np.zeros((NUM_CLASSES, ROW_BINS))
+        self.cols = np.zeros((NUM_CLASSES, ROW_BINS))
         self.images_with = np.zeros(NUM_CLASSES)
         self.n = 0
 
     def add(self, train_ids: np.ndarray) -> None:
-        h = train_ids.shape[0]
+        h, w = train_ids.shape
         rb = np.minimum(np.arange(h) * ROW_BINS // h, ROW_BINS - 1)
+        cb = np.minimum(np.arange(w) * ROW_BINS // w, ROW_BINS - 1)
         t = train_ids.astype(np.int64)
         valid = t < NUM_CLASSES
         idx = (t * ROW_BINS + rb[:, None])[valid]
         c = np.bincount(idx, minlength=NUM_CLASSES * ROW_BINS).reshape(NUM_CLASSES, ROW_BINS)
         self.rows += c
+        idx = (t * ROW_BINS + cb[None, :])[valid]
+        self.cols += np.bincount(idx, minlength=NUM_CLASSES * ROW_BINS).reshape(NUM_CLASSES, ROW_BINS)
         self.pixels += c.sum(axis=1)
         self.images_with += c.sum(axis=1) > 0
         self.n += 1
@@ -90,10 +98,24 @@ class LabelStats:
         """Per class, the share of its pixels in each of 10 row bins (top to bottom)."""
         return self.rows / np.maximum(self.rows.sum(axis=1, keepdims=True), 1)
 
+    def col_profile(self) -> np.ndarray:
+        """Per class, the share of its pixels in each of 10 column bins (left to right)."""
+        return self.cols / np.maximum(self.cols.sum(axis=1, keepdims=True), 1)
+
     def mean_row(self) -> np.ndarray:
         """Per class, the mean row of its pixels (0 top, 1 bottom); NaN for absent classes."""
         centers = (np.arange(ROW_BINS) + 0.5) / ROW_BINS
         return np.where(self.pixels > 0, (self.profile() * centers).sum(axis=1), np.nan)
+
+    def mean_col(self) -> np.ndarray:
+        """Per class, the mean column of its pixels (0 left, 1 right); NaN for absent classes."""
+        centers = (np.arange(ROW_BINS) + 0.5) / ROW_BINS
+        return np.where(self.pixels > 0, (self.col_profile() * centers).sum(axis=1), np.nan)
+
+
+def profile_tv(a: np.ndarray, b: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Per class, the total-variation distance between two position profiles (NaN where a class is absent)."""
+    return np.where(present, 0.5 * np.abs(a - b).sum(axis=1), np.nan)
 
 
 def undo_offset(day, night, labels: np.ndarray) -> np.ndarray:
@@ -155,9 +177,12 @@ def measure(n: int, size: tuple[int, int], seed: int) -> tuple[dict, dict]:
         if i < 3:
             examples["night_val"].append(s.frame)
     bdd = LabelStats()
+    halves = (LabelStats(), LabelStats())  # even / odd maps: how far two halves of the real set differ
     bdd_dir = REALDATA / "bdd100k_night" / "night_labels_train_id"
-    for p in sorted(bdd_dir.rglob("*.png")):
-        bdd.add(np.asarray(Image.open(p)))
+    for j, p in enumerate(sorted(bdd_dir.rglob("*.png"))):
+        t = np.asarray(Image.open(p))
+        bdd.add(t)
+        halves[j % 2].add(t)
     f_day, f_night = day_lab.freq(), night_lab.freq()
     res = {
         "n_scenes": n, "n_pairs": n_pairs, "size": list(size), "seed": seed,
@@ -176,13 +201,20 @@ def measure(n: int, size: tuple[int, int], seed: int) -> tuple[dict, dict]:
         "invalid_share": float(np.mean(invalid)),
     }
     if bdd.n:
+        both = (bdd.pixels > 0) & (night_lab.pixels > 0)
         res["bdd"] = {
-            "n_maps": bdd.n, "class_freq": bdd.freq().tolist(),
+            "n_maps": bdd.n, "class_freq": bdd.freq().tolist(), "maps_with_class": bdd.images_with.tolist(),
             "kl_bdd_synth_night": kl(bdd.freq(), f_night),
             "mean_row_bdd": bdd.mean_row().tolist(), "mean_row_synth_night": night_lab.mean_row().tolist(),
-            "profile_tv": np.where((bdd.pixels > 0) & (night_lab.pixels > 0),
-                                   0.5 * np.abs(bdd.profile() - night_lab.profile()).sum(axis=1), np.nan).tolist(),
+            "profile_tv": profile_tv(bdd.profile(), night_lab.profile(), both).tolist(),
             "profile_bdd": bdd.profile().tolist(), "profile_synth_night": night_lab.profile().tolist(),
+            "mean_col_bdd": bdd.mean_col().tolist(), "mean_col_synth_night": night_lab.mean_col().tolist(),
+            "col_profile_tv": profile_tv(bdd.col_profile(), night_lab.col_profile(), both).tolist(),
+            "col_profile_bdd": bdd.col_profile().tolist(), "col_profile_synth_night": night_lab.col_profile().tolist(),
+            "split_half_tv": profile_tv(halves[0].profile(), halves[1].profile(),
+                                        (halves[0].pixels > 0) & (halves[1].pixels > 0)).tolist(),
+            "split_half_col_tv": profile_tv(halves[0].col_profile(), halves[1].col_profile(),
+                                            (halves[0].pixels > 0) & (halves[1].pixels > 0)).tolist(),
         }
     return res, examples
 
@@ -203,7 +235,8 @@ def report(r: dict) -> str:
         out.append(f" KL(BDD100K night || synthetic night) = {r['bdd']['kl_bdd_synth_night']:.3f} nats over "
                    f"{r['bdd']['n_maps']} real night label maps.")
     out.append("\n\n| class | Cityscapes | synth day | ratio | images with it | BDD night | synth night | "
-               "mean row BDD | mean row synth | row-profile TV |\n|---|---|---|---|---|---|---|---|---|---|")
+               "mean row BDD | mean row synth | row-profile TV | mean col BDD | mean col synth | column-profile TV |"
+               "\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for k in range(NUM_CLASSES):
         p, q = CITYSCAPES_FREQ[k] / CITYSCAPES_FREQ.sum(), r["class_freq_day"][k]
         row = f"\n| {CLASS_NAMES[k]} | {100 * p:.2f} % | {100 * q:.2f} % | {q / p:.2f} | " \
@@ -211,12 +244,41 @@ def report(r: dict) -> str:
         if "bdd" in r:
             b = r["bdd"]
             row += (f" {100 * b['class_freq'][k]:.2f} % | {100 * r['class_freq_night'][k]:.2f} % | "
-                    f"{_f(b['mean_row_bdd'][k])} | {_f(b['mean_row_synth_night'][k])} | {_f(b['profile_tv'][k])} |")
+                    f"{_f(b['mean_row_bdd'][k])} | {_f(b['mean_row_synth_night'][k])} | {_f(b['profile_tv'][k])} | "
+                    f"{_f(b['mean_col_bdd'][k])} | {_f(b['mean_col_synth_night'][k])} | {_f(b['col_profile_tv'][k])} |")
         else:
-            row += " - | - | - | - | - |"
+            row += " - | - | - | - | - | - | - | - |"
         out.append(row)
-    out.append("\n\nMean row: 0 = top of the frame, 1 = bottom. Row-profile TV: total-variation distance between "
-               "the class's distributions over 10 row bins (0 = same place in the frame, 1 = disjoint).\n")
+    out.append("\n\nMean row: 0 = top of the frame, 1 = bottom; mean col: 0 = left edge, 1 = right edge. Row- and "
+               "column-profile TV: total-variation distance between the class's distributions over 10 row bins "
+               "(10 column bins), BDD100K night vs synthetic night (0 = same place in the frame, 1 = disjoint).\n")
+    if "bdd" in r:
+        b = r["bdd"]
+        tv = np.array([b["profile_tv"], b["col_profile_tv"]], dtype=float)
+        maps = np.array(b["maps_with_class"])
+        m = ~np.isnan(tv).any(axis=0) & (maps >= 10)
+        few = [f"{CLASS_NAMES[k]} ({int(maps[k])})" for k in range(NUM_CLASSES) if maps[k] < 10]
+
+        half = np.array([b["split_half_tv"], b["split_half_col_tv"]], dtype=float)
+        # farther than 0.2, and by >= 0.05 farther than two halves of the real maps are from each other (a
+        # conservative noise scale: each half has half the maps, the synthetic side is 300 scenes)
+        far = (tv > 0.2) & (tv >= np.nan_to_num(half) + 0.05)
+
+        def names(sel) -> str:
+            return ", ".join(f"{CLASS_NAMES[k]} ({tv[0, k]:.2f} / {tv[1, k]:.2f}; real halves {half[0, k]:.2f} / "
+                             f"{half[1, k]:.2f})" for k in range(NUM_CLASSES) if sel[k]) or "none"
+
+        out.append(f"\nOver the {int(m.sum())} classes in at least 10 of the {b['n_maps']} BDD100K maps: mean "
+                   f"row-profile TV {np.mean(tv[0, m]):.2f}, mean column-profile TV {np.mean(tv[1, m]):.2f}; for "
+                   f"scale, the even and the odd half of the real maps differ by {np.nanmean(half[0, m]):.2f} (rows) "
+                   f"and {np.nanmean(half[1, m]):.2f} (columns) on the same classes. Per class (row / column TV, "
+                   f"synthetic vs real; then real even vs odd maps):\n\n"
+                   f"- same place (TV <= 0.2 on both): {names(m & (tv.max(0) <= 0.2))};\n"
+                   f"- different place (TV > 0.2 and >= 0.05 above the real halves' TV, on rows or columns): "
+                   f"{names(m & far.any(0))};\n"
+                   f"- not resolved (TV > 0.2 but within 0.05 of, or below, the real halves' TV): "
+                   f"{names(m & (tv.max(0) > 0.2) & ~far.any(0))};\n"
+                   f"- too few real maps to judge (maps with the class): {', '.join(few)}.\n")
     out.append("\n**Exposure** (% of pixels per HSV V bin):\n\n| frame | mean V | " +
                " | ".join(f"[{b / 10:.1f},{(b + 1) / 10:.1f}{')' if b < ROW_BINS - 1 else ']'}" for b in range(ROW_BINS))
                + " |\n|---|---|" +
@@ -302,6 +364,26 @@ def figures(ex: dict, r: dict, folder: Path) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         p = folder / "synthetic_rows.png"
+        save_figure(fig, p, dpi=90)
+        written.append(p)
+        fig, ax = plt.subplots(1, 1, figsize=(10, 3.2))
+        tv = np.array(r["bdd"]["profile_tv"], dtype=float), np.array(r["bdd"]["col_profile_tv"], dtype=float)
+        few = np.array(r["bdd"]["maps_with_class"]) < 10
+        alpha = np.where(few, 0.35, 1.0)
+        for dx, t, c, lab in ((-0.2, tv[0], "tab:blue", "rows (vertical)"), (0.2, tv[1], "tab:orange",
+                                                                           "columns (horizontal)")):
+            for j in k:
+                ax.bar(j + dx, t[j], width=0.4, color=c, alpha=alpha[j], label=lab if j == 0 else None)
+        ax.scatter(k - 0.2, r["bdd"]["split_half_tv"], marker="_", color="k", s=60,
+                   label="real even vs odd maps (noise scale)")
+        ax.scatter(k + 0.2, r["bdd"]["split_half_col_tv"], marker="_", color="k", s=60)
+        ax.set_xticks(k, CLASS_NAMES, rotation=60, fontsize=7)
+        ax.set_ylabel("TV distance")
+        ax.set_title("Position profiles, BDD100K night vs synthetic night (pale: class in < 10 real maps)", fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        p = folder / "synthetic_position_tv.png"
         save_figure(fig, p, dpi=90)
         written.append(p)
     return written

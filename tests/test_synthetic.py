@@ -270,7 +270,10 @@ def test_all_classes_present_and_frequencies_close_to_cityscapes():
     q = counts[:NUM_CLASSES] / counts[:NUM_CLASSES].sum()
     p = cs / cs.sum()
     assert (q > 0).all(), f"classes never drawn: {np.flatnonzero(q == 0).tolist()}"
-    assert float(np.sum(p * np.log(p / q))) < 0.3  # 0.15 holds over a few hundred scenes (bench/synthetic_stats.py)
+    # issue 3's target, on the small set itself: measured 0.056 nats here (seeds 1-3: 0.046-0.058; 0.033 at
+    # 64x128, 0.023 over 300 scenes at 128x256 in docs/synthetic.md), so sampling noise at this size is far
+    # below the margin to 0.15
+    assert float(np.sum(p * np.log(p / q))) <= 0.15
 
 
 def test_make_sample_is_deterministic():
@@ -279,3 +282,51 @@ def test_make_sample_is_deterministic():
     c = make_sample("night_train", 5, seed=9, size=(32, 64)).frame
     assert np.array_equal(a.image, b.image) and np.array_equal(a.label_ids, b.label_ids)
     assert not np.array_equal(a.image, c.image)
+
+
+def _bench(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_no_object_class_is_identifiable_by_colour_alone():
+    """Issue 3: "no class may be identifiable by colour alone". The Bayes colour classifier (RGB -> most
+    frequent class, no spatial input) of bench/synthetic_colour_baseline.py, fitted on day train scenes and
+    scored on day val scenes, stays under 50 IoU on every class except road, vegetation and sky (measured:
+    building 33, car 21, everything else lower; vegetation 77, sky 56, road 51). Vegetation is colour-separable
+    here (docs/synthetic.md, "Colour alone")."""
+    cb = _bench("synthetic_colour_baseline")
+    lookup = cb.ColourLookup()
+    for i in range(40):
+        f = make_sample("train", i, seed=0, size=(64, 128)).frame
+        lookup.add(f.image.reshape(-1, 3), f.train_ids.ravel())
+    conf = 0
+    for i in range(15):
+        f = make_sample("val", i, seed=0, size=(64, 128)).frame
+        conf = conf + cb.confusion(f.train_ids.ravel(), lookup.predict(f.image.reshape(-1, 3)))
+    ious, miou = cb.iou(conf)
+    from nightseg.classes import CLASS_NAMES
+
+    by_colour = {CLASS_NAMES[k]: round(v) for k, v in enumerate(ious) if v == v and v >= 50}
+    assert set(by_colour) <= {"road", "vegetation", "sky"}, by_colour
+    assert miou < 26.4, "colour alone must stay below the spatial pspnet_tiny day model (26.4 mIoU)"
+
+
+def test_position_profiles_rows_and_columns():
+    """bench/synthetic_stats.py compares where each class sits vertically (rows) and horizontally (columns)."""
+    ss = _bench("synthetic_stats")
+    left, right = np.full((20, 40), 255, np.uint8), np.full((20, 40), 255, np.uint8)
+    left[:10, :4] = 13  # car in the top-left corner
+    right[:10, -4:] = 13  # car in the top-right corner
+    a, b = ss.LabelStats(), ss.LabelStats()
+    a.add(left)
+    b.add(right)
+    present = (a.pixels > 0) & (b.pixels > 0)
+    assert ss.profile_tv(a.profile(), b.profile(), present)[13] == 0.0  # same rows
+    assert ss.profile_tv(a.col_profile(), b.col_profile(), present)[13] == 1.0  # disjoint columns
+    assert a.mean_col()[13] == pytest.approx(0.05) and b.mean_col()[13] == pytest.approx(0.95)
+    assert np.isnan(ss.profile_tv(a.profile(), b.profile(), present)[0])
