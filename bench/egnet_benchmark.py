@@ -10,8 +10,10 @@ EF1 per exposure bin (the analogue of Table 2).
 Prints Markdown tables (mean ± std over seeds), writes every score to ``OUT/results.json`` and the plot
 of EF1 per exposure bin to ``docs/images/egnet_ef1_bins.png``. Resumable: finished runs (``scores.json``)
 are skipped, interrupted ones continue from their saved state. One process, one torch thread.
-``--models ... egnet_beta1`` adds a diagnostic EGNet with beta = 1; docs/results.md ("EGNet (seed 001)")
-has the command and the numbers of the reported run.
+``--models ... egnet_beta1`` adds a diagnostic EGNet with beta = 1; ``plain_wide`` is the plain segmenter
+with EGNet's parameter count (`pspnet_tiny_wide`, 5.76 M vs 5.77 M; `pspnet_tiny` has 3.15 M). Pass
+``--plot`` elsewhere when running a subset of the models, or the published plot is redrawn with fewer
+curves. docs/results.md ("EGNet (seed 001)") has the commands and the numbers of the reported runs.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ PLOT = REPO / "docs" / "images" / "egnet_ef1_bins.png"
 # key -> (config relative to src/nightseg/configs, title, extra overrides)
 TRAINED = {
     "plain": ("cpu/supervised_nightcity.yaml", "Plain segmenter (pspnet_tiny)", []),
+    "plain_wide": ("cpu/supervised_nightcity.yaml", "Plain segmenter of EGNet's size (pspnet_tiny_wide)",
+                   ["model.name=pspnet_tiny_wide"]),
     "egnet": ("cpu/egnet.yaml", "EGNet (egnet_tiny)", []),
     "no_egl": ("cpu/egnet_no_egl.yaml", "w/o EGL", []),
     "no_es": ("cpu/egnet_no_es.yaml", "w/o ES", []),
@@ -45,9 +49,9 @@ DEFAULT_MODELS = [k for k in TRAINED if k != "egnet_beta1"]
 # scored rows: key -> (trained run, relight at test time, title)
 ROWS = {key: (key, False, title) for key, (_, title, _) in TRAINED.items()}
 ROWS["day_dce"] = ("day", True, "Day-trained + Zero-DCE at test time (C (IE))")
-ORDER = ["plain", "egnet", "no_egl", "no_es", "concat", "sum", "extra_input", "exposure_attention", "egnet_beta1",
+ORDER = ["plain", "plain_wide", "egnet", "no_egl", "no_es", "concat", "sum", "extra_input", "exposure_attention", "egnet_beta1",
          "day", "day_dce"]
-PLOTTED = ["plain", "egnet", "no_egl", "concat", "sum", "extra_input", "exposure_attention", "day", "day_dce"]
+PLOTTED = ["plain", "plain_wide", "egnet", "no_egl", "concat", "sum", "extra_input", "exposure_attention", "day", "day_dce"]
 
 
 def _score(ckpt: Path, data: Path, relight: Path | None) -> dict:

@@ -118,6 +118,23 @@ def test_no_es_is_pspnet_tiny_and_guidance_changes_features():
         egnet_tiny(variant="no_such")
 
 
+def test_plain_segmenter_of_egnet_size():
+    """`pspnet_tiny_wide` (the benchmark's same-size plain segmenter): pspnet_tiny with stages 2-3 1.375x wider,
+    within 0.2 % of egnet_tiny's parameter count, OS 8, and no ImageNet weights to load."""
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    wide, tiny, egnet = build_segmenter("pspnet_tiny_wide"), build_segmenter("pspnet_tiny"), egnet_tiny()
+    assert (count(tiny), count(wide), count(egnet)) == (3_145_107, 5_760_747, 5_771_030)
+    assert wide.backbone.channels == [64, 176, 352] and wide.feature_channels == 352
+    assert wide.backbone.stem[0].weight.shape == tiny.backbone.stem[0].weight.shape  # ResNet-18 stem + stage 1
+    x = torch.rand(1, 3, 32, 64)
+    with torch.no_grad():
+        features = wide.eval().encode(x)
+    assert [tuple(f.shape[1:]) for f in features] == [(64, 8, 16), (176, 4, 8), (352, 4, 8)]
+    assert wide.backbone.layers[2][1].conv1.dilation == (2, 2)  # stage 3 dilated, as in pspnet_tiny
+    with pytest.raises(UserError, match="pspnet_tiny_wide: there are no ImageNet weights"):
+        build_segmenter("pspnet_tiny_wide", pretrained=True)
+
+
 def test_test_size_resizes_input_and_returns_frame_size():
     torch.manual_seed(0)
     model = egnet_tiny(test_size=[48, 48]).eval()
@@ -249,6 +266,44 @@ def test_two_step_training_writes_a_checkpoint_that_predicts(trained, tmp_path, 
     assert r.code == 0, r.err
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["num_images"] == 2 and 0 <= report["exposure"]["mEF1"] <= 1
+
+
+def test_test_size_checkpoint_predicts_and_evaluates_at_the_frame_size(trained, tmp_path, run_cli):
+    """The paper's 900x900 test input (configs/egnet*.yaml), scaled down to 48x48 for 64x128 frames: the
+    CLI resizes each frame to test_size, segments it, and writes / scores the label map at the frame size."""
+    from nightseg.checkpoint import load_checkpoint, save_checkpoint
+    from nightseg.inference import Segmenter
+    from nightseg.io import read_image, read_label
+
+    ckpt, data = trained
+    tensors, meta = load_checkpoint(ckpt)
+    sized = save_checkpoint(tmp_path / "egnet_test_size.safetensors", tensors,
+                            {**meta, "model": {**meta["model"], "test_size": [48, 48]}})
+    seg = Segmenter.from_checkpoint(sized, device="cpu")
+    assert seg.net.segmenter.test_size == (48, 48)
+    model = egnet_tiny(test_size=[48, 48])
+    model.load_state_dict(tensors)
+    model.eval()
+    images = data / "dark_zurich" / "rgb_anon" / "val" / "night"
+    out = tmp_path / "pred"
+    r = run_cli("predict", sized, images, "--out", out, "--device", "cpu", "--outputs", "labels")
+    assert r.code == 0, r.err
+    frames = sorted(images.rglob("*.png"))
+    assert len(frames) == 2
+    for frame in frames:
+        labels = read_label(next(out.rglob(f"{frame.stem}_labelTrainIds.png")))
+        assert labels.shape == (64, 128)  # the frame's size, not test_size
+        np.testing.assert_array_equal(labels, seg.predict(frame).labels)
+        x = torch.from_numpy(read_image(frame)).permute(2, 0, 1).float().div(255)[None]
+        with torch.no_grad():  # logits of the 48x48 input, upsampled to the frame
+            ref = model.decode(model.encode(F.interpolate(x, size=(48, 48), mode="bilinear", align_corners=False)),
+                               (64, 128)).argmax(1)[0].numpy()
+        assert (labels == ref).mean() > 0.99  # BatchNorm folding changes logits only by rounding
+    r = run_cli("evaluate", sized, "--dataset", "dark_zurich", "--root", data / "dark_zurich", "--out", tmp_path / "ev",
+                "--device", "cpu")
+    assert r.code == 0, r.err
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["num_images"] == 2 and 0 <= report["mIoU"] <= 1
 
 
 def test_no_es_training_equals_the_plain_segmenter_recipe(trained, tmp_path):

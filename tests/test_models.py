@@ -28,7 +28,8 @@ def _fast_init(monkeypatch):
 
 
 def test_list_has_required_models():
-    required = {"pspnet_r101", "pspnet_r50", "deeplabv2_r101", "deeplabv3plus_r50", "lraspp_mobilenetv3"}
+    required = {"pspnet_r101", "pspnet_r50", "deeplabv2_r101", "deeplabv3plus_r50", "lraspp_mobilenetv3",
+                "pspnet_tiny_wide"}
     required |= {f"segformer_b{i}" for i in range(6)}
     assert required <= set(ALL)
 

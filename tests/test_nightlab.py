@@ -4,7 +4,9 @@ end-to-end run whose checkpoint loads in `Segmenter.from_checkpoint`."""
 from __future__ import annotations
 
 import json
+import logging
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +165,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return root, summary
 
 
-def test_tiny_pipeline_writes_every_stage_and_resumes(pipeline):
+def test_tiny_pipeline_writes_every_stage_and_resumes(pipeline, caplog):
     from nightseg.methods.nightlab import run_nightlab
 
     root, summary = pipeline
@@ -174,15 +176,49 @@ def test_tiny_pipeline_writes_every_stage_and_resumes(pipeline):
     assert json.loads((run / "hard.json").read_text())["hard_classes"] == [5, 6, 7, 11, 12, 18]
     assert summary["hard_classes"] == [5, 6, 7, 11, 12, 18]
     assert 0 <= summary["hdm"]["kept"] <= summary["hdm"]["positive"] and summary["hdm"]["positive"] > 0
+    # HDM on the default split (the hard-class split, NightCity val): 2 val images, recorded, and warned about
+    assert summary["hdm"]["hdm_split"] == "nightcity NightCity val"
+    from nightseg.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run / "hdm_labels.safetensors")[0]["labels"].shape[0] == 2
     stamp = (run / "rdn.safetensors").stat().st_mtime_ns
-    again = run_nightlab("configs/cpu/nightlab_mini.yaml", _overrides(root), run)  # every stage done: skipped
+    with caplog.at_level(logging.WARNING, logger="nightseg.nightlab"):
+        again = run_nightlab("configs/cpu/nightlab_mini.yaml", _overrides(root), run)  # every stage done: skipped
     assert again["hdm"] == summary["hdm"] and (run / "rdn.safetensors").stat().st_mtime_ns == stamp
+    warned = [r.getMessage() for r in caplog.records if "HDM labels and fine-tuning" in r.getMessage()]
+    assert len(warned) == 1 and "nightcity val" in warned[0] and "method.hdm.split" in warned[0]
 
 
-def test_nightlab_checkpoint_loads_in_segmenter_and_merges(pipeline):
+def test_hdm_split_option_moves_the_hdm_labels_and_refuses_stale_outputs(pipeline, tmp_path, caplog):
+    from nightseg.checkpoint import load_checkpoint
+    from nightseg.errors import UserError
+    from nightseg.methods.nightlab import run_nightlab
+
+    root, _ = pipeline
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    overrides = [*_overrides(root), "method.hdm.split=train"]
+    with pytest.raises(UserError, match=r"hdm_labels\.safetensors: made on the HDM split 'nightcity NightCity val'"):
+        run_nightlab("configs/cpu/nightlab_mini.yaml", overrides, run)  # outputs of the val split: refused
+    for name in ("hdm_labels", "hdm", "nightlab"):
+        for suffix in (".safetensors", ".json"):
+            (run / f"{name}{suffix}").unlink()
+    stamp = (run / "rdn.safetensors").stat().st_mtime_ns
+    with caplog.at_level(logging.WARNING, logger="nightseg.nightlab"):
+        moved = run_nightlab("configs/cpu/nightlab_mini.yaml", overrides, run)
+    assert not [r for r in caplog.records if "HDM labels and fine-tuning" in r.getMessage()]  # not val: no warning
+    assert moved["hdm"]["hdm_split"] == "nightcity NightCity train"
+    labels = load_checkpoint(run / "hdm_labels.safetensors")[0]["labels"]
+    assert labels.shape[0] == 4  # the 4 night train images, not the 2 val ones
+    val_labels = load_checkpoint(root / "run" / "hdm_labels.safetensors")[0]["labels"]
+    assert labels.shape[1] == val_labels.shape[1]  # same anchors per image (same frame size)
+    assert (run / "rdn.safetensors").stat().st_mtime_ns == stamp  # stages 1-4 reused
+
+
+def test_nightlab_checkpoint_loads_in_segmenter_and_merges(pipeline, run_cli, tmp_path):
     from nightseg.checkpoint import load_checkpoint
     from nightseg.inference import Segmenter, load_inference_net
-    from nightseg.io import list_images, read_image
+    from nightseg.io import list_images, read_image, read_label
 
     root, summary = pipeline
     ckpt = Path(summary["nightlab"])
@@ -207,6 +243,34 @@ def test_nightlab_checkpoint_loads_in_segmenter_and_merges(pipeline):
     assert pred.labels.shape == x.shape[-2:] and pred.labels.max() < 19
     expected = logits.argmax(1)[0].numpy()  # BatchNorm folding changes logits only by rounding
     assert (pred.labels == expected).mean() > 0.98
+    # `nightseg predict` (the CLI) writes the same label maps as Segmenter.predict
+    images = list_images(root / "data" / "dark_zurich" / "rgb_anon" / "val")
+    out = tmp_path / "pred"
+    res = run_cli("predict", ckpt, root / "data" / "dark_zurich" / "rgb_anon" / "val", "--out", out,
+                  "--device", "cpu", "--outputs", "labels")
+    assert res.code == 0, res.err
+    written = sorted(out.rglob("*_labelTrainIds.png"))
+    assert len(written) == len(images) == 2
+    for image in images:
+        stem = Path(image).name.rsplit(".", 1)[0]
+        labels = read_label(next(p for p in written if p.name == f"{stem}_labelTrainIds.png"))
+        np.testing.assert_array_equal(labels, segmenter.predict(image).labels)
+
+
+def test_nightlab_onnx_export_and_backend_are_refused_in_one_line(pipeline, run_cli, tmp_path):
+    root, summary = pipeline
+    ckpt = Path(summary["nightlab"])
+    out = tmp_path / "nightlab.onnx"
+    res = run_cli("export", ckpt, "--format", "onnx", "--out", out)
+    assert res.code == 2 and not out.exists()
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {ckpt}: NightLab models cannot be exported to ONNX")
+    assert "--backend onnx" in lines[0] and "Traceback" not in res.err
+    images = root / "data" / "dark_zurich" / "rgb_anon" / "val"
+    res = run_cli("predict", ckpt, images, "--out", tmp_path / "pred", "--backend", "onnx", "--device", "cpu")
+    lines = res.err.strip().splitlines()
+    assert res.code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {ckpt}: NightLab models cannot")
+    assert not any((tmp_path / "pred").rglob("*.png"))  # refused before any image was segmented
 
 
 def test_cli_refuses_a_recipe_that_is_not_nightlab_and_a_missing_phi_i(run_cli, tmp_path):

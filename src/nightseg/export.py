@@ -11,6 +11,9 @@ says so and `nightseg.inference.OnnxNet` resizes inputs to it).
 The file carries ``{"nightseg": {...}}`` metadata (model config, classes, size, dynamic) so that
 ``nightseg predict model.onnx`` needs nothing else. After writing, the ONNX output is compared with
 PyTorch's on random images (`check_parity`); NightSeg requires a max abs difference <= 1e-4.
+
+A network with a module that sets ``onnx_unsupported`` (a reason; e.g. `nightseg.models.nightlab.NightLab`,
+whose proposals are data-dependent) is refused with a one-line UserError before anything is written.
 """
 
 from __future__ import annotations
@@ -75,6 +78,15 @@ def make_exportable(net: nn.Module) -> nn.Module:
     return net
 
 
+def check_exportable(net: nn.Module, source: str | os.PathLike) -> None:
+    """Raise a UserError naming `source` if a module of `net` declares ``onnx_unsupported`` (its reason)."""
+    for module in net.modules():
+        reason = getattr(type(module), "onnx_unsupported", None)
+        if reason:
+            raise UserError(f"{source}: {type(module).__name__} models cannot be exported to ONNX ({reason}); "
+                            "run it with PyTorch: `nightseg predict` without --backend onnx")
+
+
 def _export(net: nn.Module, path: Path, size: tuple[int, int], opset: int, dynamic: bool) -> None:
     dummy = torch.rand(1, 3, *size)
     axes = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
@@ -123,13 +135,15 @@ def export_onnx(
 
     Returns ``{"path", "opset", "dynamic", "size", "max_abs_diff"}``; ``max_abs_diff`` (PyTorch vs
     onnxruntime on random images at `size` and, when dynamic, at a second size with batch 2) is None
-    without `check`. Raises a UserError if the export fails or exceeds `PARITY_TOLERANCE`.
+    without `check`. Raises a UserError if the export fails or exceeds `PARITY_TOLERANCE`, or if `net`
+    cannot be exported at all (`check_exportable`; the error names ``metadata["checkpoint"]`` or `out`).
     """
     import onnx
 
     if opset < DEFAULT_OPSET:
         raise UserError(f"--opset {opset}: NightSeg exports with opset >= {DEFAULT_OPSET}")
     out = Path(out)
+    check_exportable(net, (metadata or {}).get("checkpoint") or out)
     net = net.eval()
     exportable = make_exportable(net)
     with atomic_path(out) as tmp:

@@ -3,7 +3,8 @@
 The file holds the relighting step (when the checkpoint bundles one, or with ``--relight W``) and the
 segmenter; input ``image`` [B,3,H,W] RGB in [0,1], output ``logits`` [B,C,H,W], height and width dynamic.
 After writing, onnxruntime's outputs are compared with PyTorch's (max abs difference must be <= 1e-4).
-``nightseg predict F.onnx ...`` and ``--backend onnx`` run it.
+``nightseg predict F.onnx ...`` and ``--backend onnx`` run it. NightLab checkpoints are refused with a
+one-line error (exit 2): their region proposals are data-dependent (`nightseg.export.check_exportable`).
 """
 
 from __future__ import annotations

@@ -14,10 +14,12 @@ command resumes (an interrupted Phi_I / Phi_R training continues from its saved 
    weights (``method.init_checkpoint``, filled in by the pipeline);
 4. ``rdn.safetensors``: the RDN (`nightseg.models.nightlab.RDN`) trained on the boxes of hard-class
    objects derived from the training label maps;
-5. ``hdm_labels.safetensors``: the HDM anchor labels (seed Eq. 1) on ``method.hard_split``: every anchor
-   the RPN matching makes positive is cropped, segmented by Phi_I and Phi_R, and stays positive only
-   where Phi_R's IoU is higher;
-6. ``hdm.safetensors``: the RDN fine-tuned with those labels as classification targets (seed Eq. 2);
+5. ``hdm_labels.safetensors``: the HDM anchor labels (seed Eq. 1) on ``method.hdm.split`` of
+   ``method.hdm.dataset`` (null: the hard-class split, NightCity val; a warning says when it is a ``val``
+   split, which a paper may also score on): every anchor the RPN matching makes positive is cropped,
+   segmented by Phi_I and Phi_R, and stays positive only where Phi_R's IoU is higher;
+6. ``hdm.safetensors``: the RDN fine-tuned on the same split with those labels as classification targets
+   (seed Eq. 2). Stages 5-6 refuse outputs made on another split (delete them or use a new ``out``);
 7. ``nightlab.safetensors`` (Phi_I + Phi_R + HDM-trained RDN + merge) and ``nightlab_rdn.safetensors``
    (the ablation without HDM), both loadable by ``Segmenter.from_checkpoint`` / ``nightseg predict``.
 """
@@ -90,6 +92,13 @@ class HDMParams:
     """The hardness detection module: relabelled anchors (Eq. 1) and the RDN fine-tuned on them (Eq. 2)."""
 
     enabled: bool = True
+    dataset: str | None = None
+    """Dataset of the HDM labels and fine-tuning (null: ``method.hard_dataset``)."""
+    root: str | None = None
+    """Its folder under ``data.root`` (null: ``method.hard_root``)."""
+    split: str | None = None
+    """Its split (null: ``method.hard_split``, i.e. NightCity val: the split the seed reports scores on, so
+    scores on it are then optimistic; the seed does not say which split HDM uses)."""
     steps: int = 2000
     batch_size: int = 4
     lr: float = 0.005
@@ -347,6 +356,15 @@ def _load_rdn(path: Path) -> RDN:
     return rdn.eval()
 
 
+def _check_hdm_split(path: Path, split: str) -> None:
+    """Raise a UserError if the stage output `path` was made on another HDM split than `split`."""
+    meta_path = path.with_suffix(".json")
+    made = json.loads(meta_path.read_text()).get("hdm_split") if meta_path.is_file() else None
+    if made is not None and made != split:
+        raise UserError(f"{path}: made on the HDM split {made!r}, not method.hdm.split {split!r}; delete it "
+                        "(and hdm_labels/hdm/nightlab*.safetensors) or use a new --out")
+
+
 def _finished(run_dir: Path) -> bool:
     metrics = run_dir / "metrics.json"
     return (run_dir / "checkpoints" / "last.safetensors").is_file() and metrics.is_file() and \
@@ -443,11 +461,22 @@ def run_nightlab(config: str | Path, overrides: list[str] | tuple[str, ...] = ()
         rdn = _load_rdn(rdn_path)
         # 5. HDM labels, 6. HDM
         hdm_path = out / "hdm.safetensors"
+        labels_path = out / "hdm_labels.safetensors"
+        hdm_dataset = p.hdm.dataset or p.hard_dataset
+        hdm_root = p.hdm.root or p.hard_root
+        hdm_split = p.hdm.split or p.hard_split
+        hdm_where = f"{hdm_dataset} {hdm_root} {hdm_split}"
+        if p.hdm.enabled:
+            for path in (labels_path, hdm_path):
+                _check_hdm_split(path, hdm_where)
+            if hdm_split == "val":
+                log.warning("HDM labels and fine-tuning on %s %s: do not report NightLab scores on this split "
+                            "(the HDM has seen its labels); set method.hdm.split to a held-out split",
+                            hdm_dataset, hdm_split)
         if p.hdm.enabled and not hdm_path.is_file():
-            labels_path = out / "hdm_labels.safetensors"
-            samples = _load_samples(p.hard_dataset, data_root / p.hard_root, p.hard_split, hard, p.rdn.min_area)
+            samples = _load_samples(hdm_dataset, data_root / hdm_root, hdm_split, hard, p.rdn.min_area)
             if not labels_path.is_file():
-                log.info("[5/7] HDM labels on %s %s", p.hard_dataset, p.hard_split)
+                log.info("[5/7] HDM labels on %s %s", hdm_dataset, hdm_split)
                 labels, counts = [], {"positive": 0, "kept": 0}
                 for image, label, boxes in tqdm(samples, desc="HDM labels", unit="img", disable=None):
                     lab, c = hdm_anchor_labels(rdn, image_model, region_model, image, label, boxes, region_size,
@@ -455,7 +484,7 @@ def run_nightlab(config: str | Path, overrides: list[str] | tuple[str, ...] = ()
                     labels.append(lab)
                     counts = {k: counts[k] + c[k] for k in counts}
                 save_checkpoint(labels_path, {"labels": torch.stack(labels)}, {"model": {"name": "nightlab_hdm_labels"},
-                                                                              **counts})
+                                                                              "hdm_split": hdm_where, **counts})
             tensors, label_meta = load_checkpoint(labels_path)
             log.info("[6/7] HDM: %d of %d positive anchors kept", label_meta["kept"], label_meta["positive"])
             hdm = _load_rdn(rdn_path)
@@ -463,13 +492,15 @@ def run_nightlab(config: str | Path, overrides: list[str] | tuple[str, ...] = ()
             losses = train_rdn(hdm, samples, p.hdm.steps, p.hdm.batch_size, p.hdm.lr, seed + 1, False, anchor_labels,
                                desc="HDM")
             _save_rdn(hdm, hdm_path, {"positive": label_meta["positive"], "kept": label_meta["kept"],
+                                      "hdm_split": hdm_where,
                                       "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))})
         # 7. export
         log.info("[7/7] export")
         variants = {"nightlab_rdn": rdn_path}
         if p.hdm.enabled:
             variants["nightlab"] = hdm_path
-            summary["hdm"] = {k: json.loads(hdm_path.with_suffix(".json").read_text()).get(k) for k in ("positive", "kept")}
+            summary["hdm"] = {k: json.loads(hdm_path.with_suffix(".json").read_text()).get(k)
+                              for k in ("positive", "kept", "hdm_split")}
         for name, detector in variants.items():
             net = NightLab(image_model, region_model, _load_rdn(detector), hard, **merge_kw)
             summary[name] = str(save_checkpoint(out / f"{name}.safetensors", net.state_dict(),

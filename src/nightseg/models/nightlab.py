@@ -17,7 +17,9 @@ network (RDN) and the merge.
   predicts a hard class, Phi_R's logits replace Phi_I's.
 * `NightLab` bundles Phi_I, Phi_R and the RDN; ``forward(x)`` (x in [0, 1]) returns merged logits at
   x's size, so a NightLab checkpoint loads in `nightseg.inference.Segmenter.from_checkpoint` (model
-  name ``nightseg.models.nightlab:build_nightlab``). No ONNX export: the proposal loop is data-dependent.
+  name ``nightseg.models.nightlab:build_nightlab``). No ONNX export: the proposals, crops and merge are
+  data-dependent Python loops, so a traced graph would replay the example input's proposals on every
+  image; `nightseg.export.export_onnx` refuses it (``NightLab.onnx_unsupported``) with a one-line error.
 """
 
 from __future__ import annotations
@@ -231,6 +233,10 @@ class RDN(nn.Module):
 # --------------------------------------------------------------------------------------------- NightLab
 class NightLab(nn.Module):
     """Phi_I + Phi_R + RDN with the merge; ``forward(x)`` returns merged logits [B,C,H,W] at x's size."""
+
+    onnx_unsupported = ("its region proposals, crops and merge depend on each image, and a traced ONNX graph "
+                        "would replay the example image's proposals")
+    """Why `nightseg.export.export_onnx` refuses this module (read there for any sub-module)."""
 
     def __init__(self, image_model: nn.Module, region_model: nn.Module, rdn: RDN, hard_classes: Sequence[int],
                  region_size: Sequence[int] = (64, 64), context: float = 2.0, min_side: int = 16,

@@ -16,10 +16,12 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
+from torchvision.models.resnet import BasicBlock
 
 from nightseg.errors import UserError
-from nightseg.models.backbones import MiTBackbone, MobileNetV3Backbone, ResNetBackbone
+from nightseg.models.backbones import MiTBackbone, MobileNetV3Backbone, ResNetBackbone, dilate_resnet
 from nightseg.models.cross_attention import CrossAttentionSegmenter
 from nightseg.models.heads import (
     ASPPv2Head,
@@ -70,6 +72,39 @@ def _pspnet(depth: int, stages: int = 4) -> Callable[[int, bool], tuple[nn.Modul
     return build
 
 
+class WideTinyResNetBackbone(ResNetBackbone):
+    """ResNet-18's stem and stage 1, then stages 2-3 with `width` times the channels (2 BasicBlocks each),
+    output stride 8 (stage 3 dilated): `pspnet_tiny`'s encoder widened. No ImageNet weights exist for it."""
+
+    def __init__(self, width: float) -> None:
+        nn.Module.__init__(self)
+        net = torchvision.models.resnet18(weights=None)
+        self.channels = [64] + [round(64 * 2**i * width) for i in (1, 2)]
+        net.inplanes = 64
+        net.layer2 = net._make_layer(BasicBlock, self.channels[1], 2, stride=2)
+        net.layer3 = net._make_layer(BasicBlock, self.channels[2], 2, stride=2)
+        for module in (*net.layer2.modules(), *net.layer3.modules()):  # torchvision's ResNet initialisation
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        dilate_resnet(net, 8)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layers = nn.ModuleList([net.layer1, net.layer2, net.layer3])
+
+
+def _pspnet_tiny_wide(width: float) -> Callable[[int, bool], tuple[nn.Module, nn.Module]]:
+    def build(num_classes: int, pretrained: bool) -> tuple[nn.Module, nn.Module]:
+        if pretrained:
+            raise UserError("pspnet_tiny_wide: there are no ImageNet weights for its widened stages 2-3; "
+                            "set model.pretrained: false (train it from scratch)")
+        backbone = WideTinyResNetBackbone(width)
+        return backbone, PyramidPoolingHead(backbone.channels[-1], num_classes)
+
+    return build
+
+
 def _deeplabv2(num_classes: int, pretrained: bool) -> tuple[nn.Module, nn.Module]:
     backbone = ResNetBackbone(101, output_stride=8, pretrained=pretrained)
     return backbone, ASPPv2Head(backbone.channels[-1], num_classes)
@@ -102,6 +137,10 @@ SEGMENTERS: dict[str, tuple[Callable[[int, bool], tuple[nn.Module, nn.Module]], 
     "pspnet_tiny": (
         _pspnet(18, stages=3),
         "PSPNet on the first 3 stages of ResNet-18 (OS 8); tiny CPU model",
+    ),
+    "pspnet_tiny_wide": (
+        _pspnet_tiny_wide(1.375),
+        "pspnet_tiny with stages 2-3 1.375x wider (176/352 channels): 5.76 M parameters, egnet_tiny's size",
     ),
     "pspnet_nano": (
         _pspnet(18, stages=2),
