@@ -14,7 +14,12 @@ Layouts (what the evaluation servers read):
   (``GOPR0364_frame_000001_rgb_anon.png``), 1920x1080; trainIds 0-18 (uint8), the same with 255 where
   the prediction is declared invalid (uint8), confidence as uint16 (65535 = 1.0). 151 images.
 * **ACDC**: the same three folders, each mirroring the image tree ``<condition>/test/<sequence>/<image
-  name>``, 1920x1080 (``labelTrainIds/`` alone with ``uncertainty=False``).
+  name>``, 1920x1080 (``labelTrainIds/`` alone with ``uncertainty=False``). The test split is 500 images
+  for each of fog, night, rain and snow (2000). Every condition packed must have its 500 listed test
+  images; by default all four must be present, and a subset is packed only when asked for by name
+  (``conditions=("night",)``, ``nightseg submit acdc --conditions night``): listed images of the other
+  conditions are then left out (counted as ignored). So a condition folder missing from ``--root``
+  or a truncated ``--list`` is an error, never a silently partial archive.
 * **Cityscapes** (cityscapesscripts' ``getPrediction`` matches ``<city>_<seq>_<frame>*.png``): one labelIds
   PNG per test image, ``<city>_<seq>_<frame>_leftImg8bit.png``, 2048x1024; trainIds are converted with
   `train_ids_to_label_ids` (255 -> 0, unlabeled). The server accepts at most 100 MB.
@@ -25,6 +30,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +63,13 @@ class Benchmark:
     size: tuple[int, int]  # (height, width)
     image_suffix: str
     image_dir: str  # under the dataset root
-    count: int | None  # the number of test images when known
+    count: int | None  # the number of test images when known (for all of them)
+    conditions: tuple[str, ...] = ()  # ACDC: the conditions of the test split, each a top folder
+    condition_count: int | None = None  # ACDC: the number of test images of each condition
+
+    def condition(self, image_rel: str) -> str:
+        """Return the condition (first folder of the archive path) of an ACDC image path."""
+        return self.entry(image_rel).split("/", 1)[0]
 
     def entry(self, image_rel: str) -> str:
         """Return the archive path (inside each folder) of the prediction for an image path."""
@@ -73,7 +85,8 @@ class Benchmark:
 
 BENCHMARK_SPECS = {
     "dark_zurich": Benchmark("dark_zurich", (1080, 1920), "_rgb_anon.png", "rgb_anon/test/night", 151),
-    "acdc": Benchmark("acdc", (1080, 1920), "_rgb_anon.png", "rgb_anon", None),
+    "acdc": Benchmark("acdc", (1080, 1920), "_rgb_anon.png", "rgb_anon", None,
+                      conditions=("fog", "night", "rain", "snow"), condition_count=500),
     "cityscapes": Benchmark("cityscapes", (1024, 2048), "_leftImg8bit.png", "leftImg8bit/test", 1525),
 }
 
@@ -112,6 +125,52 @@ def expected_images(benchmark: str, list_file: str | os.PathLike | None = None,
     if dupes:
         raise UserError(f"{list_file or root}: test images map to the same archive name {sorted(dupes)[0]}")
     return names
+
+
+def select_conditions(benchmark: str, images: list[str], conditions: Sequence[str] | None = None,
+                      source: str | os.PathLike | None = None) -> list[str]:
+    """Return the `images` to pack, after checking the per-condition counts (ACDC; others pass through).
+
+    ACDC: every image must lie under one of the test conditions (``<condition>/test/...``). With
+    `conditions` None all of them must be present; otherwise only the named ones are kept (each must be
+    present). Every kept condition must have ``condition_count`` images. `source` (the list file or
+    root) starts the error messages.
+    """
+    spec = _spec(benchmark)
+    where = f"{source}" if source is not None else benchmark
+    if not spec.conditions:
+        if conditions:
+            raise UserError(f"--conditions {' '.join(conditions)}: only ACDC test sets have conditions, not {benchmark}")
+        return images
+    by: dict[str, list[str]] = {}
+    for image in images:
+        cond = spec.condition(image)
+        if cond not in spec.conditions:
+            raise UserError(f"{where}: {image} is not under a {benchmark} condition folder "
+                            f"({', '.join(spec.conditions)}); expected <condition>/test/<sequence>/<name>")
+        by.setdefault(cond, []).append(image)
+    present = [c for c in spec.conditions if c in by]
+    if conditions is None:
+        absent = [c for c in spec.conditions if c not in by]
+        if absent:
+            raise UserError(f"{where}: the {benchmark} test images listed cover {', '.join(present)} but not "
+                            f"{', '.join(absent)}; give all {len(spec.conditions)} conditions, or pass "
+                            f"--conditions {' '.join(present)} to pack only those")
+        chosen = list(spec.conditions)
+    else:
+        chosen = list(dict.fromkeys(conditions))
+        unknown = [c for c in chosen if c not in spec.conditions]
+        if unknown or not chosen:
+            raise UserError(f"--conditions {' '.join(conditions)}: expected some of {', '.join(spec.conditions)}")
+        absent = [c for c in chosen if c not in by]
+        if absent:
+            raise UserError(f"{where}: no {benchmark} {', '.join(absent)} test images listed (found "
+                            f"{', '.join(present)}); check --list/--root or --conditions")
+    for cond in chosen:
+        if spec.condition_count is not None and len(by[cond]) != spec.condition_count:
+            raise UserError(f"{where}: {benchmark} {cond} test has {spec.condition_count} images but "
+                            f"{len(by[cond])} were listed; check --list/--root")
+    return [i for i in images if spec.condition(i) in chosen]
 
 
 def _spec(benchmark: str) -> Benchmark:
@@ -267,13 +326,18 @@ def pack_submission(
     uncertainty: bool = True,
     fill_uncertainty: bool = False,
     progress: bool = True,
+    conditions: Sequence[str] | None = None,
+    source: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Check the predictions in `pred_dir` for the test `images` and write the zip `out` atomically.
 
     `uncertainty` (Dark Zurich always, ACDC optional) packs ``labelTrainIds_invalid`` and ``confidence``
     too; `fill_uncertainty` lets scenes without them pass (no invalid pixel, confidence 1.0: UIoU then
-    equals IoU). Returns ``{"archive", "benchmark", "images", "entries", "bytes", "ignored"}``; raises a
-    UserError naming the first problem and writes nothing when any prediction is missing or invalid.
+    equals IoU). ACDC: `conditions` packs only the named conditions (default: all four, each required);
+    see `select_conditions`. `source` (the list file or dataset root) names where `images` came from in
+    count errors. Returns ``{"archive", "benchmark", "images", "entries", "bytes", "ignored",
+    "conditions"}``; raises a UserError naming the first problem and writes nothing when any prediction
+    is missing or invalid or the image count is not the benchmark's.
     """
     spec = _spec(benchmark)
     if benchmark == "dark_zurich":
@@ -284,9 +348,11 @@ def pack_submission(
     if out.suffix != ".zip":
         raise UserError(f"--out {out}: the archive name must end in .zip")
     pred_dir = Path(pred_dir)
-    preds = index_predictions(pred_dir)
+    images = select_conditions(benchmark, images, conditions, source)
     if spec.count is not None and len(images) != spec.count:
-        raise UserError(f"{benchmark} test has {spec.count} images but {len(images)} were listed; check --list/--root")
+        raise UserError(f"{source if source is not None else benchmark}: {benchmark} test has {spec.count} images but "
+                        f"{len(images)} were listed; check --list/--root")
+    preds = index_predictions(pred_dir)
     need = {"labels"} | ({"confidence", "invalid"} if uncertainty and not fill_uncertainty else set())
     missing: list[str] = []
     plan: list[tuple[str, dict[str, Path]]] = []
@@ -317,8 +383,9 @@ def pack_submission(
         if benchmark == "cityscapes" and size > CITYSCAPES_MAX_BYTES:
             raise UserError(f"{out}: the archive is {size / 2**20:.0f} MB; the Cityscapes server accepts at most 100 MB")
         verify_archive(tmp, benchmark, images, uncertainty)
+    packed = sorted({spec.condition(i) for i in images}) if spec.conditions else []
     return {"archive": str(out), "benchmark": benchmark, "images": len(images), "entries": entries, "bytes": size,
-            "ignored": len(ignored)}
+            "ignored": len(ignored), "conditions": packed}
 
 
 def archive_names(benchmark: str, images: list[str], uncertainty: bool = True) -> list[str]:
