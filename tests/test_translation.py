@@ -206,16 +206,105 @@ def test_dataset_command_layout_ratio_and_resume(translator, data, tmp_path, run
         assert np.array_equal(read_label(label), read_label(out / label.relative_to(src)))
     dataset = build_dataset("cityscapes", out, "train")
     assert len(dataset) == 6 and dataset[0]["label"].dtype == torch.int64
-    victim = out / changed[0].relative_to(src)
-    victim.unlink()  # an interrupted run: the rerun redoes only what is missing
-    assert run_cli("translate", "dataset", "--checkpoint", translator, "--src", src, "--out", out,
-                   "--ratio", "0.5").code == 0
-    assert not victim.is_file()  # complete manifest: nothing redone
+    before = _snapshot(out)
+    again = run_cli("translate", "dataset", "--checkpoint", translator, "--src", src, "--out", out, "--ratio", "0.5")
+    assert again.code == 0 and "nothing missing, nothing written" in again.out
+    assert _snapshot(out) == before  # a complete copy: nothing rewritten, not even the manifest
+    # outputs deleted after a finished run (a translated image, a copied one, a label) are repaired, the rest kept
+    victims = [out / changed[0].relative_to(src), out / next(p for p in images if p not in changed).relative_to(src),
+               next((out / "gtFine" / "train").rglob("*.png"))]
+    expected = {v: v.read_bytes() for v in victims}
+    for v in victims:
+        v.unlink()
+    repaired = run_cli("translate", "dataset", "--checkpoint", translator, "--src", src, "--out", out, "--ratio", "0.5")
+    assert repaired.code == 0 and "3 file(s) written this run" in repaired.out
+    assert all(v.read_bytes() == expected[v] for v in victims)  # the same bytes as the first run's
+    after = _snapshot(out)
+    assert {k: v for k, v in after.items() if k not in victims and k.name != "translation_manifest.json"} == \
+        {k: v for k, v in before.items() if k not in victims and k.name != "translation_manifest.json"}
     other = run_cli("translate", "dataset", "--checkpoint", translator, "--src", src, "--out", out, "--ratio", "1")
     assert other.code == 2 and "translation_manifest.json" in other.err
     full = run_cli("translate", "dataset", "--checkpoint", translator, "--src", src, "--out", tmp_path / "all",
                    "--ratio", "1")
     assert full.code == 0 and "6 of 6" in full.out
+
+
+def _snapshot(root: Path) -> dict[Path, tuple[int, int, bytes]]:
+    """Return {file: (inode, mtime_ns, bytes)} under `root`: a rewritten file (atomic replace) changes inode."""
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_dataset_interrupted_run_resumes_and_writes_only_what_is_missing(translator, data, tmp_path, monkeypatch,
+                                                                         run_cli):
+    import json
+
+    import nightseg.translation as tr
+
+    src, out = data / "cityscapes", tmp_path / "mix"
+    real_translate, calls = tr.translate_array, []
+
+    def dying_translate(net, image):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed while translating the third image
+        return real_translate(net, image)
+
+    monkeypatch.setattr(tr, "translate_array", dying_translate)
+    with pytest.raises(KeyboardInterrupt):
+        tr.translate_cityscapes(translator, src, out, 1.0, progress=False)
+    manifest = json.loads((out / "translation_manifest.json").read_text())
+    assert "complete" not in manifest and len(manifest["translated"]) == 6
+    done = _snapshot(out / "leftImg8bit")
+    assert len(done) == 2 and not list(out.rglob(".*.tmp*"))  # two finished images, no half-written file
+    labels = _snapshot(out / "gtFine")
+    assert len(labels) == len([p for p in (src / "gtFine" / "train").rglob("*") if p.is_file()])
+
+    calls.clear()
+    monkeypatch.setattr(tr, "translate_array", lambda net, image: (calls.append(1), real_translate(net, image))[1])
+    res = run_cli("translate", "dataset", "--checkpoint", translator, "--src", src, "--out", out, "--ratio", "1")
+    assert res.code == 0, res.err
+    assert len(calls) == 4 and "4 file(s) written this run" in res.out  # only the 4 missing images
+    after = _snapshot(out / "leftImg8bit")
+    assert {k: after[k] for k in done} == done and _snapshot(out / "gtFine") == labels  # finished files untouched
+    assert json.loads((out / "translation_manifest.json").read_text())["complete"] is True
+    net = load_translator(translator, "day2night")
+    for image in sorted((src / "leftImg8bit" / "train").rglob("*.png")):
+        assert np.array_equal(read_image(out / image.relative_to(src)), real_translate(net, read_image(image)))
+
+
+def test_dataset_dark_zurich_layout_night2day(translator, data, tmp_path, run_cli):
+    from nightseg.data import build_dataset
+
+    src, out = data / "dark_zurich", tmp_path / "day" / "dark_zurich"
+    res = run_cli("translate", "dataset", "--layout", "dark_zurich", "--checkpoint", translator, "--src", src,
+                  "--out", out, "--ratio", "1")
+    assert res.code == 0, res.err
+    assert "3 of 3 val images translated night2day" in res.out
+    images = sorted((src / "rgb_anon" / "val" / "night").rglob("*_rgb_anon.png"))
+    net = load_translator(translator, "night2day")
+    for image in images:  # same names, each the night->day generator's output
+        got = read_image(out / image.relative_to(src))
+        assert np.array_equal(got, translate_array(net, read_image(image))) and not np.array_equal(got, read_image(image))
+    gt = sorted(p for p in (src / "gt" / "val" / "night").rglob("*") if p.is_file())
+    assert len(gt) == 9 and all((out / p.relative_to(src)).read_bytes() == p.read_bytes() for p in gt)
+    assert sorted(p.relative_to(out) for p in out.rglob("*.png")) == \
+        sorted(p.relative_to(src) for p in [*images, *gt])  # nothing else (train, test) copied
+    translated, original = build_dataset("dark_zurich", out, "val"), build_dataset("dark_zurich", src, "val")
+    assert len(translated) == len(original) == 3
+    for i in range(3):  # the loader reads the copy: same labels and invalid masks (indexing wraps: no iteration)
+        a, b = translated[i], original[i]
+        assert a["name"] == b["name"] and torch.equal(a["label"], b["label"]) and torch.equal(a["invalid"], b["invalid"])
+    # the unlabelled train night frames work too (no gt/ needed there); a missing condition folder is one error
+    train = run_cli("translate", "dataset", "--layout", "dark_zurich", "--checkpoint", translator, "--src", src,
+                    "--out", tmp_path / "train_day", "--ratio", "0.5", "--split", "train")
+    assert train.code == 0 and "3 of 6 train images translated night2day" in train.out
+    assert len(build_dataset("dark_zurich", tmp_path / "train_day", "train")) == 6
+    bad = run_cli("translate", "dataset", "--layout", "dark_zurich", "--checkpoint", translator, "--src", src,
+                  "--out", tmp_path / "tw", "--ratio", "1", "--condition", "twilight")
+    assert bad.code == 2 and str(src / "rgb_anon" / "val" / "twilight") in bad.err
+    flipped = run_cli("translate", "dataset", "--layout", "dark_zurich", "--checkpoint", translator, "--src", src,
+                      "--out", out, "--ratio", "1", "--direction", "day2night")
+    assert flipped.code == 2 and "other settings" in flipped.err
 
 
 def test_predict_night2day_translates_before_segmenting(translator, data, tmp_path, run_cli):

@@ -313,6 +313,32 @@ def translate_array(net: UnitRangeTranslator, image: np.ndarray) -> np.ndarray:
 MANIFEST = "translation_manifest.json"
 
 
+@dataclass(frozen=True)
+class DatasetLayout:
+    """Where one loader's layout keeps a split's images and labels (relative to the dataset root)."""
+
+    name: str
+    image_dir: str  # format fields: split, condition
+    label_dir: str
+    image_suffix: str
+    direction: str  # the default direction: towards the other domain of the layout's images
+    split: str  # the default split
+    labels_required: tuple[str, ...]  # splits whose label folder must exist (the loader reads it)
+
+    def folders(self, root: Path, split: str, condition: str) -> tuple[Path, Path]:
+        """Return (image folder, label folder) of `split` under `root`."""
+        return (root / self.image_dir.format(split=split, condition=condition),
+                root / self.label_dir.format(split=split, condition=condition))
+
+
+LAYOUTS = {
+    "cityscapes": DatasetLayout("cityscapes", "leftImg8bit/{split}", "gtFine/{split}", "_leftImg8bit.png",
+                                "day2night", "train", ("train", "val", "test")),
+    "dark_zurich": DatasetLayout("dark_zurich", "rgb_anon/{split}/{condition}", "gt/{split}/{condition}",
+                                 "_rgb_anon.png", "night2day", "val", ("val",)),
+}
+
+
 def chosen_for_translation(names: list[str], ratio: float, seed: int) -> set[str]:
     """Return the round(ratio * N) names (of N) picked by a seeded permutation: the images to translate."""
     if not 0.0 <= ratio <= 1.0:
@@ -321,66 +347,103 @@ def chosen_for_translation(names: list[str], ratio: float, seed: int) -> set[str
     return {sorted(names)[i] for i in order[: round(ratio * len(names))]}
 
 
-def translate_cityscapes(
-    checkpoint: str | Path, src: str | Path, dst: str | Path, ratio: float, seed: int = 0, split: str = "train",
-    direction: str = "day2night", progress: bool = True,
+def translate_dataset(
+    checkpoint: str | Path, src: str | Path, dst: str | Path, ratio: float, seed: int = 0, split: str | None = None,
+    direction: str | None = None, layout: str = "cityscapes", condition: str = "night", progress: bool = True,
 ) -> dict[str, Any]:
-    """Write a copy of the `split` of a Cityscapes-layout set with a share `ratio` of its images translated.
+    """Write a copy of one split of a `layout` dataset with a share `ratio` of its images translated.
 
-    Seed 004, method 2: ``dst/leftImg8bit/<split>/<city>/*_leftImg8bit.png`` (translated by the
-    `direction` generator, or copied) and ``dst/gtFine/<split>/...`` (every label file copied
-    unchanged), same names, so the `cityscapes` loader reads `dst`. Resumable: finished files are kept;
-    ``dst/translation_manifest.json`` records the checkpoint, ratio, seed and translated names, and a
-    rerun with other settings is refused. Returns the manifest.
+    Layouts (`LAYOUTS`; the copy has the same names, so the layout's loader reads `dst`):
+
+    * ``cityscapes`` (seed 004, method 2; default direction day2night, split train):
+      ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` translated or copied, ``gtFine/<split>/`` copied;
+    * ``dark_zurich`` (default direction night2day, split val, `condition` night):
+      ``rgb_anon/<split>/<condition>/<SEQ>/*_rgb_anon.png`` translated or copied, ``gt/<split>/<condition>/``
+      (labelTrainIds, invIds, ...) copied; required for val, copied when present otherwise.
+
+    Resumable and self-repairing: ``dst/translation_manifest.json`` records the layout, checkpoint,
+    direction, ratio, seed, split (and condition) and the translated names, and a rerun with other
+    settings is refused. Every rerun writes exactly the outputs that are missing (an interrupted run's
+    rest, or files deleted since) and leaves existing ones untouched: every file is written atomically,
+    so an existing file is complete. The translator is loaded only if some translated image is missing.
+    Returns the manifest plus ``"written"``, the number of files this call wrote.
     """
     import json
     import shutil
 
-    from nightseg.data.cityscapes import IMAGE_SUFFIX
     from nightseg.io import atomic_path, write_json
-    from nightseg.models.translator import load_translator
+    from nightseg.models.translator import DIRECTIONS, load_translator
 
+    if layout not in LAYOUTS:
+        raise UserError(f"--layout {layout}: expected one of {', '.join(LAYOUTS)}")
+    spec = LAYOUTS[layout]
+    split = split or spec.split
+    direction = direction or spec.direction
+    if direction not in DIRECTIONS:
+        raise UserError(f"--direction {direction}: expected one of {', '.join(DIRECTIONS)}")
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve():
         raise UserError(f"--out {dst}: must differ from the source set {src} (its images would be overwritten)")
-    image_dir, label_dir = src / "leftImg8bit" / split, src / "gtFine" / split
-    for folder in (image_dir, label_dir):
-        if not folder.is_dir():
-            raise UserError(f"{folder}: not found; expected a Cityscapes layout (leftImg8bit/{split}, gtFine/{split})")
-    images = sorted(p for p in image_dir.rglob(f"*{IMAGE_SUFFIX}") if not p.name.startswith("."))
+    image_dir, label_dir = spec.folders(src, split, condition)
+    if not image_dir.is_dir():
+        raise UserError(f"{image_dir}: not found; --src must be a {layout}-layout root holding "
+                        f"{spec.image_dir.format(split=split, condition=condition)}/")
+    if split in spec.labels_required and not label_dir.is_dir():
+        raise UserError(f"{label_dir}: not found; the {layout} loader reads the {split} labels from "
+                        f"{spec.label_dir.format(split=split, condition=condition)}/ under --src")
+    images = sorted(p for p in image_dir.rglob(f"*{spec.image_suffix}") if not p.name.startswith("."))
     if not images:
-        raise UserError(f"{image_dir}: no *{IMAGE_SUFFIX} images found")
+        raise UserError(f"{image_dir}: no *{spec.image_suffix} images found")
     rels = [p.relative_to(image_dir).as_posix() for p in images]
     chosen = chosen_for_translation(rels, ratio, seed)
-    manifest = {"source": str(src.resolve()), "split": split, "checkpoint": str(Path(checkpoint).resolve()),
-                "direction": direction, "ratio": ratio, "seed": seed, "images": len(rels),
-                "translated": sorted(chosen)}
+    manifest: dict[str, Any] = {"layout": layout, "source": str(src.resolve()), "split": split}
+    if layout == "dark_zurich":
+        manifest["condition"] = condition
+    manifest |= {"checkpoint": str(Path(checkpoint).resolve()), "direction": direction, "ratio": ratio,
+                 "seed": seed, "images": len(rels), "translated": sorted(chosen)}
     manifest_path = dst / MANIFEST
     if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
+        old = {"layout": "cityscapes", **json.loads(manifest_path.read_text())}  # older manifests: Cityscapes only
         if {k: v for k, v in old.items() if k != "complete"} != manifest:
-            raise UserError(f"{manifest_path}: this folder was made with other settings (checkpoint, ratio, seed or "
-                            "split); choose another --out or delete it")
-        if old.get("complete"):
-            return old
-    write_json(manifest_path, manifest)
-    net = load_translator(checkpoint, direction) if chosen else None
-    labels = sorted(p for p in label_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
-    for path in labels:
-        target = dst / "gtFine" / split / path.relative_to(label_dir)
-        if not target.is_file():
-            with atomic_path(target) as tmp:
-                shutil.copyfile(path, tmp)
-    for path, rel in tqdm(list(zip(images, rels)), desc=f"translate {split} (r={ratio:g})", unit="img",
-                          dynamic_ncols=True, disable=None if progress else True):
-        target = dst / "leftImg8bit" / split / rel
-        if target.is_file():
-            continue
+            raise UserError(f"{manifest_path}: this folder was made with other settings (layout, checkpoint, direction, "
+                            "ratio, seed, split or condition); choose another --out or delete it")
+    out_images, out_labels = spec.folders(dst, split, condition)
+    labels = sorted(p for p in label_dir.rglob("*") if p.is_file() and not p.name.startswith(".")) \
+        if label_dir.is_dir() else []
+    copies = [(p, out_labels / p.relative_to(label_dir)) for p in labels]
+    todo = [(p, rel, out_images / rel) for p, rel in zip(images, rels)]
+    copies = [(a, b) for a, b in copies if not b.is_file()]
+    todo = [(p, rel, target) for p, rel, target in todo if not target.is_file()]
+    if not manifest_path.is_file() or todo or copies:
+        write_json(manifest_path, manifest)  # not complete until every file below exists
+    net = load_translator(checkpoint, direction) if any(rel in chosen for _, rel, _ in todo) else None
+    for path, target in copies:
+        with atomic_path(target) as tmp:
+            shutil.copyfile(path, tmp)
+    for path, rel, target in tqdm(todo, desc=f"translate {split} (r={ratio:g})", unit="img", dynamic_ncols=True,
+                                  disable=None if progress and todo else True):
         if rel in chosen:
             write_png(target, translate_array(net, read_image(path)))
         else:
             with atomic_path(target) as tmp:
                 shutil.copyfile(path, tmp)
     manifest["complete"] = True
-    write_json(manifest_path, manifest)
-    return manifest
+    if copies or todo or not json.loads(manifest_path.read_text()).get("complete"):
+        write_json(manifest_path, manifest)
+    return {**manifest, "written": len(copies) + len(todo)}
+
+
+def translate_cityscapes(
+    checkpoint: str | Path, src: str | Path, dst: str | Path, ratio: float, seed: int = 0, split: str = "train",
+    direction: str = "day2night", progress: bool = True,
+) -> dict[str, Any]:
+    """Seed 004, method 2: `translate_dataset` for the Cityscapes layout (day->night by default)."""
+    return translate_dataset(checkpoint, src, dst, ratio, seed, split, direction, "cityscapes", progress=progress)
+
+
+def translate_dark_zurich(
+    checkpoint: str | Path, src: str | Path, dst: str | Path, ratio: float = 1.0, seed: int = 0, split: str = "val",
+    direction: str = "night2day", condition: str = "night", progress: bool = True,
+) -> dict[str, Any]:
+    """`translate_dataset` for the Dark Zurich layout: night frames to day, ``gt/`` kept (the loader reads it)."""
+    return translate_dataset(checkpoint, src, dst, ratio, seed, split, direction, "dark_zurich", condition, progress)

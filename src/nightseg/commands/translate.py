@@ -4,13 +4,18 @@
                              [--blocks B] [--seed N] [--resume]
     nightseg translate apply --checkpoint RUN/translator.safetensors --direction night2day INPUT... --out DIR
     nightseg translate dataset --checkpoint CKPT --src DATA/cityscapes --out MIX/cityscapes --ratio 0.5
+    nightseg translate dataset --layout dark_zurich --checkpoint CKPT --src DATA/dark_zurich \
+                               --out DAY/dark_zurich --ratio 1 [--split val] [--condition night]
 
 ``train`` writes RUN/translator.safetensors (both generators; what ``apply``, ``dataset`` and
 ``nightseg predict --night2day`` read), RUN/state/ (the full training state, for ``--resume``) and
 sample grids RUN/samples/step_*.png. ``apply`` translates image files, folders (recursive, sub-folders
-kept) or glob patterns into PNGs, skipping finished ones. ``dataset`` copies a Cityscapes-layout split
-with a share ``--ratio`` of its images translated day->night and the labels unchanged (seed 004,
-method 2); the result loads with the ``cityscapes`` loader. See `nightseg.translation`.
+kept) or glob patterns into PNGs, skipping finished ones. ``dataset`` copies one split of a dataset
+with a share ``--ratio`` of its images translated and the labels unchanged, same names, so the layout's
+loader reads the copy: ``--layout cityscapes`` (default; day->night, split train: seed 004, method 2) or
+``--layout dark_zurich`` (night->day of ``rgb_anon/<split>/<condition>``, split val, ``gt/`` copied).
+A rerun writes only the missing files (an interrupted run's rest, or deleted outputs). See
+`nightseg.translation`.
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ from nightseg.inference import parse_size
 from nightseg.io import IMAGE_SUFFIXES, list_images, read_image, write_png
 from nightseg.models.translator import DIRECTIONS, load_translator
 from nightseg.translation import (
+    LAYOUTS,
     TranslatorSettings,
     train_translator,
     translate_array,
-    translate_cityscapes,
+    translate_dataset,
     translator_path,
 )
 
@@ -69,13 +75,18 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     apply.add_argument("--overwrite", action="store_true", help="redo images whose output exists")
     apply.set_defaults(translate_func=run_apply)
 
-    dataset = sub.add_parser("dataset", parents=[common], help="copy a Cityscapes-layout split, part of it translated")
+    dataset = sub.add_parser("dataset", parents=[common], help="copy a dataset split in a loader's layout, part of it "
+                             "translated")
     dataset.add_argument("--checkpoint", required=True, type=Path, help="translator.safetensors from `translate train`")
-    dataset.add_argument("--src", required=True, type=Path, help="Cityscapes-layout root (leftImg8bit/, gtFine/)")
-    dataset.add_argument("--out", required=True, type=Path, help="root of the translated copy (Cityscapes layout)")
+    dataset.add_argument("--layout", choices=tuple(LAYOUTS), default="cityscapes",
+                         help="cityscapes (leftImg8bit/, gtFine/; default) or dark_zurich (rgb_anon/, gt/)")
+    dataset.add_argument("--src", required=True, type=Path, help="dataset root in the --layout")
+    dataset.add_argument("--out", required=True, type=Path, help="root of the translated copy (same layout)")
     dataset.add_argument("--ratio", type=float, required=True, help="share of the images to translate, in [0, 1]")
-    dataset.add_argument("--split", default="train", help="split to copy (default train)")
-    dataset.add_argument("--direction", choices=DIRECTIONS, default="day2night", help="default day2night")
+    dataset.add_argument("--split", help="split to copy (default: train for cityscapes, val for dark_zurich)")
+    dataset.add_argument("--condition", default="night", help="dark_zurich: condition folder to copy (default night)")
+    dataset.add_argument("--direction", choices=DIRECTIONS,
+                         help="default: day2night for cityscapes, night2day for dark_zurich")
     dataset.add_argument("--seed", type=int, default=0, help="seed of the choice of translated images")
     dataset.set_defaults(translate_func=run_dataset)
     parser.set_defaults(func=run)
@@ -124,8 +135,10 @@ def run_apply(args: argparse.Namespace) -> int:
 
 def run_dataset(args: argparse.Namespace) -> int:
     """`nightseg translate dataset`: write the partly translated copy and print what it holds."""
-    manifest = translate_cityscapes(args.checkpoint, args.src, args.out, args.ratio, args.seed, args.split,
-                                    args.direction)
-    print(f"wrote {args.out}: {len(manifest['translated'])} of {manifest['images']} {args.split} images "
-          f"translated {args.direction}, labels copied")
+    manifest = translate_dataset(args.checkpoint, args.src, args.out, args.ratio, args.seed, args.split,
+                                 args.direction, args.layout, args.condition)
+    done = manifest["written"]
+    print(f"wrote {args.out} ({args.layout} layout): {len(manifest['translated'])} of {manifest['images']} "
+          f"{manifest['split']} images translated {manifest['direction']}, labels copied; "
+          + (f"{done} file(s) written this run" if done else "nothing missing, nothing written"))
     return 0
