@@ -86,6 +86,20 @@ def _cityscapes_reference(pred_files: list[Path], gt_files: list[Path], tmp_path
     return cs.evaluateImgLists([str(p) for p in pred_files], [str(p) for p in gt_files], args)
 
 
+def _assert_same_per_class_iou(ours: dict, ref: dict) -> int:
+    """Assert our per-class IoU equals cityscapesscripts' to 1e-6 (None where it has NaN); return how many
+    classes were compared."""
+    compared = 0
+    for name in CLASS_NAMES:
+        theirs, mine = ref["classScores"][name], ours["per_class"][name]["iou"]
+        if math.isnan(theirs):
+            assert mine is None, name
+        else:
+            assert mine == pytest.approx(theirs, abs=1e-6), name
+            compared += 1
+    return compared
+
+
 @pytest.mark.parametrize("pred_format", ["labelIds", "trainIds"])
 def test_per_class_iou_equals_cityscapesscripts(cityscapes, tmp_path, run_cli, pred_format):
     gt_files = sorted(cityscapes["gt"].rglob("*_gtFine_labelIds.png"))
@@ -98,14 +112,7 @@ def test_per_class_iou_equals_cityscapesscripts(cityscapes, tmp_path, run_cli, p
     assert r.code == 0, r.err
     ours = json.loads(out.read_text())
     assert ours["num_images"] == 3
-    compared = 0
-    for name in CLASS_NAMES:
-        theirs, mine = ref["classScores"][name], ours["per_class"][name]["iou"]
-        if math.isnan(theirs):
-            assert mine is None, name
-        else:
-            assert mine == pytest.approx(theirs, abs=1e-6), name
-            compared += 1
+    compared = _assert_same_per_class_iou(ours, ref)
     assert compared >= 15  # the synthetic scenes really exercise most classes
     assert 0.2 < ours["mIoU"] < 0.95  # neither trivial nor perfect
     assert ours["mIoU"] == pytest.approx(ref["averageScoreClasses"], abs=1e-6)
@@ -131,14 +138,7 @@ def test_per_class_iou_equals_cityscapesscripts_on_the_real_sample(realdata, tmp
                 "--pred-format", "labelIds", "--json", out)
     assert r.code == 0, r.err
     ours = json.loads(out.read_text())
-    compared = 0
-    for name in CLASS_NAMES:
-        theirs, mine = ref["classScores"][name], ours["per_class"][name]["iou"]
-        if math.isnan(theirs):
-            assert mine is None, name
-        else:
-            assert mine == pytest.approx(theirs, abs=1e-6), name
-            compared += 1
+    compared = _assert_same_per_class_iou(ours, ref)
     assert compared >= 8  # road, sidewalk, building, vegetation, sky, car, ... of a real street scene
     assert ours["mIoU"] == pytest.approx(ref["averageScoreClasses"], abs=1e-6)
 
