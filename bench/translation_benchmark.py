@@ -64,10 +64,10 @@ def _first(folder: Path) -> np.ndarray:
 
 def make_mix(data: Path, out: Path, translator: Path, ratio: float) -> Path:
     """Return a data root holding the translated Cityscapes-layout train set and the original val sets."""
-    from nightseg.translation import translate_cityscapes
+    from nightseg.translation import translate_dataset
 
     root = out / "mixes" / f"r{ratio:g}"
-    translate_cityscapes(translator, data / "cityscapes", root / "cityscapes", ratio, seed=0, progress=False)
+    translate_dataset(translator, data / "cityscapes", root / "cityscapes", ratio, seed=0, progress=False)
     for split in ("val",):  # day val is read from the original set; link it so the recipe's root works
         for sub in ("leftImg8bit", "gtFine"):
             link = root / "cityscapes" / sub / split

@@ -251,7 +251,7 @@ def test_dataset_interrupted_run_resumes_and_writes_only_what_is_missing(transla
 
     monkeypatch.setattr(tr, "translate_array", dying_translate)
     with pytest.raises(KeyboardInterrupt):
-        tr.translate_cityscapes(translator, src, out, 1.0, progress=False)
+        tr.translate_dataset(translator, src, out, 1.0, progress=False)
     manifest = json.loads((out / "translation_manifest.json").read_text())
     assert "complete" not in manifest and len(manifest["translated"]) == 6
     done = _snapshot(out / "leftImg8bit")

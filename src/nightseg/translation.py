@@ -402,20 +402,21 @@ def translate_dataset(
     manifest |= {"checkpoint": str(Path(checkpoint).resolve()), "direction": direction, "ratio": ratio,
                  "seed": seed, "images": len(rels), "translated": sorted(chosen)}
     manifest_path = dst / MANIFEST
+    was_complete = False
     if manifest_path.is_file():
         old = {"layout": "cityscapes", **json.loads(manifest_path.read_text())}  # older manifests: Cityscapes only
+        was_complete = bool(old.get("complete"))
         if {k: v for k, v in old.items() if k != "complete"} != manifest:
             raise UserError(f"{manifest_path}: this folder was made with other settings (layout, checkpoint, direction, "
                             "ratio, seed, split or condition); choose another --out or delete it")
     out_images, out_labels = spec.folders(dst, split, condition)
     labels = sorted(p for p in label_dir.rglob("*") if p.is_file() and not p.name.startswith(".")) \
         if label_dir.is_dir() else []
-    copies = [(p, out_labels / p.relative_to(label_dir)) for p in labels]
-    todo = [(p, rel, out_images / rel) for p, rel in zip(images, rels)]
-    copies = [(a, b) for a, b in copies if not b.is_file()]
-    todo = [(p, rel, target) for p, rel, target in todo if not target.is_file()]
-    if not manifest_path.is_file() or todo or copies:
-        write_json(manifest_path, manifest)  # not complete until every file below exists
+    copies = [(p, t) for p in labels if not (t := out_labels / p.relative_to(label_dir)).is_file()]
+    todo = [(p, rel, t) for p, rel in zip(images, rels) if not (t := out_images / rel).is_file()]
+    if was_complete and not (copies or todo):
+        return {**old, "written": 0}
+    write_json(manifest_path, manifest)  # not complete until every file below exists
     net = load_translator(checkpoint, direction) if any(rel in chosen for _, rel, _ in todo) else None
     for path, target in copies:
         with atomic_path(target) as tmp:
@@ -428,22 +429,6 @@ def translate_dataset(
             with atomic_path(target) as tmp:
                 shutil.copyfile(path, tmp)
     manifest["complete"] = True
-    if copies or todo or not json.loads(manifest_path.read_text()).get("complete"):
-        write_json(manifest_path, manifest)
+    write_json(manifest_path, manifest)
     return {**manifest, "written": len(copies) + len(todo)}
 
-
-def translate_cityscapes(
-    checkpoint: str | Path, src: str | Path, dst: str | Path, ratio: float, seed: int = 0, split: str = "train",
-    direction: str = "day2night", progress: bool = True,
-) -> dict[str, Any]:
-    """Seed 004, method 2: `translate_dataset` for the Cityscapes layout (day->night by default)."""
-    return translate_dataset(checkpoint, src, dst, ratio, seed, split, direction, "cityscapes", progress=progress)
-
-
-def translate_dark_zurich(
-    checkpoint: str | Path, src: str | Path, dst: str | Path, ratio: float = 1.0, seed: int = 0, split: str = "val",
-    direction: str = "night2day", condition: str = "night", progress: bool = True,
-) -> dict[str, Any]:
-    """`translate_dataset` for the Dark Zurich layout: night frames to day, ``gt/`` kept (the loader reads it)."""
-    return translate_dataset(checkpoint, src, dst, ratio, seed, split, direction, "dark_zurich", condition, progress)
