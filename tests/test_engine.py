@@ -294,6 +294,27 @@ def test_train_writes_run_folder_and_learns(tmp_path):
     assert done["finished"] and done["step"] == 12 and done["history"] == metrics["history"]  # nothing left to do
 
 
+def test_supervised_init_checkpoint_starts_from_its_weights(tmp_path):
+    """method.init_checkpoint: the module starts from the checkpoint's tensors (not its own init), and a
+    checkpoint of another architecture is refused in one line naming the file."""
+    from nightseg.config import config_from_dict
+    from nightseg.engine import train
+    from nightseg.errors import UserError
+    from nightseg.methods.supervised import Supervised
+
+    train(config_from_dict(tiny_recipe(max_steps=4, val_every=0)), tmp_path / "first")
+    trained = weights(tmp_path / "first")
+    fresh = Supervised(config_from_dict(tiny_recipe())).model.state_dict()
+    assert not torch.equal(fresh["conv1.weight"], trained["conv1.weight"])
+    recipe = tiny_recipe()
+    recipe["method"]["init_checkpoint"] = str(tmp_path / "first" / "checkpoints" / "last.safetensors")
+    started = Supervised(config_from_dict(recipe)).model.state_dict()
+    same_tensors(started, trained)
+    recipe["model"]["options"] = {"width": 4}
+    with pytest.raises(UserError, match=r"last\.safetensors: tensor conv1.weight has shape \(8, 3, 3, 3\), the model expects \(4, 3, 3, 3\)"):
+        Supervised(config_from_dict(recipe))
+
+
 def test_kill_and_resume_gives_identical_weights(tmp_path, run_cli):
     """Uninterrupted run vs. a subprocess SIGKILLed mid-run (after its step-4 state) and resumed."""
     from nightseg.config import config_from_dict

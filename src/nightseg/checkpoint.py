@@ -103,3 +103,21 @@ def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], s
                 "(different class count or architecture?)"
             )
     module.load_state_dict(tensors, strict=True)
+
+
+def load_segmenter_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load the segmenter tensors of the NightSeg checkpoint at `path` into `model` (a plain segmenter or a
+    `CrossAttentionSegmenter`); relighting tensors are ignored, and a plain checkpoint loaded into a
+    cross-attention model leaves the attention at its initialisation (alpha = 0)."""
+    tensors, _ = load_checkpoint(Path(path).expanduser())
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("relight.")}
+    wrapped = any(k.startswith("segmenter.") for k in tensors)
+    if hasattr(model, "attention"):
+        if wrapped:
+            load_state_into(model, tensors, path)
+        else:
+            load_state_into(model.segmenter, tensors, path)
+    else:
+        if wrapped:
+            tensors = {k.removeprefix("segmenter."): v for k, v in tensors.items() if k.startswith("segmenter.")}
+        load_state_into(model, tensors, path)

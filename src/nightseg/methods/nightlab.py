@@ -207,7 +207,7 @@ class RegionModel(Supervised):
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         if cfg.method.init_checkpoint:
-            from nightseg.methods.ulca import load_segmenter_weights
+            from nightseg.checkpoint import load_segmenter_weights
 
             load_segmenter_weights(self.model, cfg.method.init_checkpoint)
 

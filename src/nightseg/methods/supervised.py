@@ -11,6 +11,10 @@ as ``train/ce_source`` and ``train/ce_target``. Both streams need the same crop 
 Optional class weights: a list of ``num_classes`` numbers, or ``inverse`` (seed 000, Eq. 5) /
 ``dannet_log`` (DANNet) computed from the Cityscapes class frequencies (`nightseg.losses`); the
 weighted cross-entropy is normalised by the summed pixel weights (PyTorch's convention).
+
+``method.init_checkpoint`` starts from the segmenter weights of a NightSeg checkpoint (e.g. fine-tune a
+Cityscapes model on NightCity); the optimiser and schedule start afresh. On resume the run's own state
+replaces them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import torch
 
+from nightseg.checkpoint import load_segmenter_weights
 from nightseg.config import Config
 from nightseg.engine import SegmentationModule, masked_label
 from nightseg.errors import UserError
@@ -35,6 +40,8 @@ class Params:
     """``null`` (plain cross-entropy), a list of per-class weights, ``inverse`` or ``dannet_log``."""
     target_weight: float = 1.0
     """Weight of the ``data.target`` stream's cross-entropy in joint training."""
+    init_checkpoint: str | None = None
+    """A NightSeg checkpoint whose segmenter weights the model starts from (``null``: the model's own init)."""
 
 
 def resolve_class_weights(spec: list[float] | str | None, num_classes: int) -> torch.Tensor | None:
@@ -58,6 +65,8 @@ class Supervised(SegmentationModule):
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         self.params: Params = cfg.method
+        if self.params.init_checkpoint:
+            load_segmenter_weights(self.model, self.params.init_checkpoint)
         weights = resolve_class_weights(self.params.class_weights, self.num_classes)
         self.register_buffer("class_weight", weights, persistent=False)
         source, target = cfg.data.source, cfg.data.target

@@ -37,9 +37,8 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from nightseg.checkpoint import load_checkpoint, load_state_into
+from nightseg.checkpoint import load_segmenter_weights
 from nightseg.classes import NUM_CLASSES, STATIC_CLASSES, hard_classes
 from nightseg.config import Config
 from nightseg.data.photometric import StrongConfig, WeakConfig, strong_augment, weak_augment
@@ -234,24 +233,6 @@ def source_labels(dataset: Any) -> Any:
         return
     for i in range(len(dataset)):
         yield dataset[i]["label"]
-
-
-def load_segmenter_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load the segmenter tensors of the NightSeg checkpoint at `path` into `model` (a plain segmenter or a
-    `CrossAttentionSegmenter`); relighting tensors are ignored, and a plain checkpoint loaded into a
-    cross-attention model leaves the attention at its initialisation (alpha = 0)."""
-    tensors, _ = load_checkpoint(Path(path).expanduser())
-    tensors = {k: v for k, v in tensors.items() if not k.startswith("relight.")}
-    wrapped = any(k.startswith("segmenter.") for k in tensors)
-    if hasattr(model, "attention"):
-        if wrapped:
-            load_state_into(model, tensors, path)
-        else:
-            load_state_into(model.segmenter, tensors, path)
-    else:
-        if wrapped:
-            tensors = {k.removeprefix("segmenter."): v for k, v in tensors.items() if k.startswith("segmenter.")}
-        load_state_into(model, tensors, path)
 
 
 def split_relight(tensors: dict[str, torch.Tensor], model_config: dict[str, Any]) -> tuple[
