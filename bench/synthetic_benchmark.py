@@ -15,8 +15,9 @@ process; ``--override`` changes any other key too, e.g. for the larger GPU budge
     python bench/synthetic_benchmark.py --out runs/benchmark_long --seeds 0 1 2 --jobs 3 \
         --steps 4000 --ulca-steps 1500 --override data.batch_size=8 train.cpu_threads=4
 
-``--rows ... source_longer`` adds a control: the source-only model trained on, source-only, for the ULCA
-rows' steps, which tells ULCA's gain from the gain of training longer. ``--jobs`` runs that many
+``--rows ... source_longer oracle_longer`` add controls: the source-only model (the oracle) trained on,
+as before, for the ULCA rows' steps, so that every model has had the same number of steps; they tell
+ULCA's gain from the gain of training longer. ``--jobs`` runs that many
 trainings in parallel. The last line printed compares full ULCA with the targets of issue 6 (+10 mIoU
 over source-only, >= 50 % of the gap to the oracle closed).
 """
@@ -37,12 +38,15 @@ ROWS = {
     "consistency": ("cpu/ulca_consistency.yaml", "R + L + N + Consistency"),
     "full": ("cpu/ulca_full.yaml", "R + L + N + C + Cross attention (full ULCA)"),
     "oracle": ("cpu/supervised_nightcity.yaml", "Oracle (night labels)"),
-    # control: source-only trained on for as many steps as the ULCA fine-tune, so that ULCA's gain is not
-    # just the extra steps (not in the default rows)
-    "source_longer": ("cpu/supervised_cityscapes.yaml", "Source-only + the ULCA steps of source-only"),
+    # controls (not in the default rows): source-only / the oracle trained on, as before, for as many steps
+    # as the ULCA fine-tune, so that ULCA's gain is not just the extra steps
+    "source_longer": ("cpu/supervised_cityscapes.yaml", "Source-only, + the ULCA steps on day labels"),
+    "oracle_longer": ("cpu/supervised_nightcity.yaml", "Oracle, + the ULCA steps on night labels"),
 }
-FINE_TUNES = {"relight_static", "nightmix", "consistency", "full", "source_longer"}
-"""Rows that start from that seed's source-only model and train for ``--ulca-steps``."""
+FINE_TUNES = {"relight_static": "source_only", "nightmix": "source_only", "consistency": "source_only",
+              "full": "source_only", "source_longer": "source_only", "oracle_longer": "oracle"}
+"""Rows that start from that seed's model of another row and train for ``--ulca-steps``."""
+CONTROLS = ("source_longer", "oracle_longer")
 OFFICIAL_DCE = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "zero_dce" / "Epoch99.pth"
 
 
@@ -56,6 +60,7 @@ def _job(args: tuple) -> tuple[str, int, dict]:
 
     run_dir = Path(out) / f"{row}_seed{seed}"
     scores_file = run_dir / "scores.json"
+    kind = "ulca" if row in FINE_TUNES else "supervised"
     if scores_file.is_file():
         return row, seed, json.loads(scores_file.read_text())
     config = ROWS[row][0]
@@ -63,11 +68,10 @@ def _job(args: tuple) -> tuple[str, int, dict]:
     # pool workers, which cannot start DataLoader workers)
     overrides = ["train.cpu_threads=1", *extra, "data.workers=0"]
     if row in FINE_TUNES:
-        source = Path(out) / f"source_only_seed{seed}" / "checkpoints" / "last.safetensors"
-        overrides.append(f"method.init_checkpoint={source}")
+        start = Path(out) / f"{FINE_TUNES[row]}_seed{seed}" / "checkpoints" / "last.safetensors"
+        overrides.append(f"method.init_checkpoint={start}")
     if "ulca" in config:
         overrides.append(f"method.relight.weights={relight}")
-    kind = "ulca" if row in FINE_TUNES else "supervised"
     ckpt = train_recipe(config, Path(data), run_dir, steps[kind], seed, overrides)
     scores = {"night": score_checkpoint(ckpt, "dark_zurich", Path(data) / "dark_zurich"),
               "day": score_checkpoint(ckpt, "cityscapes", Path(data) / "cityscapes")}
@@ -89,9 +93,9 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="synthetic set (default OUT/data, generated if missing)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="source-only/oracle steps (default: the demo's)")
-    parser.add_argument("--ulca-steps", type=int, default=None, help="steps of every fine-tuning row: the ULCA rows and source_longer (default: the demo's)")
+    parser.add_argument("--ulca-steps", type=int, default=None, help="steps of every fine-tuning row: the ULCA rows and the controls (default: the demo's)")
     parser.add_argument("--relight", choices=["synthetic", "official"], default="synthetic")
-    parser.add_argument("--rows", nargs="+", default=[r for r in ROWS if r != "source_longer"], choices=list(ROWS))
+    parser.add_argument("--rows", nargs="+", default=[r for r in ROWS if r not in CONTROLS], choices=list(ROWS))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--override", nargs="*", default=[], help="extra config overrides for every run")
     args = parser.parse_args()
@@ -112,6 +116,16 @@ def main() -> None:
     rows = [r for r in args.rows if r != "source_only"]
     # phase 1: source-only (every ULCA row starts from it) and the oracle; phase 2: the ULCA rows
     phases = [["source_only"] + [r for r in rows if r not in FINE_TUNES], [r for r in rows if r in FINE_TUNES]]
+    if "oracle_longer" in rows and "oracle" not in rows:
+        phases[0].append("oracle")
+    for row in [r for phase in phases for r in phase]:  # a run folder is reused by name: refuse other budgets
+        kind = "ulca" if row in FINE_TUNES else "supervised"
+        for seed in args.seeds:
+            metrics_file = out / f"{row}_seed{seed}" / "metrics.json"
+            done = json.loads(metrics_file.read_text()).get("max_steps") if metrics_file.is_file() else None
+            if done not in (None, steps[kind]):
+                raise SystemExit(f"error: {metrics_file.parent}: a {done}-step run, this benchmark asks for "
+                                 f"{steps[kind]} steps; give another --out (or delete the folder)")
     results: dict[str, dict[int, dict]] = {}
     with mp.get_context("spawn").Pool(args.jobs) as pool:
         for phase in phases:
@@ -136,6 +150,11 @@ def main() -> None:
         closed = f"{100 * gain / gap:.0f} %" if gap > 0 else "n/a (the oracle is not above source-only)"
         print(f"\nissue-6 targets: full ULCA - source-only = {100 * gain:+.1f} mIoU (target >= +10); "
               f"gap to the oracle {100 * gap:.1f}, closed {closed} (target >= 50 %)")
+    if {"source_longer", "full", "oracle_longer"} <= set(night):
+        gain, gap = night["full"] - night["source_longer"], night["oracle_longer"] - night["source_longer"]
+        closed = f"{100 * gain / gap:.0f} %" if gap > 0 else "n/a"
+        print(f"equal steps (the controls): full ULCA - source_longer = {100 * gain:+.1f} mIoU; "
+              f"gap to oracle_longer {100 * gap:.1f}, closed {closed}")
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def test_override_errors_name_the_override(tmp_path):
 
 def test_method_section_is_validated_by_the_method(tmp_path):
     path = write(tmp_path, "r.yaml", {**MINIMAL, "method": {"name": "supervised", "gamma": 2}})
-    with pytest.raises(UserError, match=r"unknown key 'method.gamma'; valid keys under 'method': class_weights, name, target_weight"):
+    with pytest.raises(UserError, match=r"unknown key 'method.gamma'; valid keys under 'method': class_weights, init_checkpoint, name, target_weight"):
         load_config(path)
     path = write(tmp_path, "r2.yaml", {**MINIMAL, "method": {"name": "nosuchmethod"}})
     with pytest.raises(UserError, match=r"unknown method 'nosuchmethod'; available: .*supervised"):

@@ -44,6 +44,8 @@ class Params:
     """Weight of the ``data.target`` stream's cross-entropy in joint (Cityscapes + NightCity) training."""
     class_weights: list[float] | str | None = None
     """``null`` (plain cross-entropy, as the paper), a list of per-class weights, ``inverse`` or ``dannet_log``."""
+    init_checkpoint: str | None = None
+    """An EGNet checkpoint whose weights the model starts from (the supervised recipe's key)."""
 
 
 class EGNetModule(Supervised):
