@@ -202,14 +202,8 @@ def hard_region_crops(root: str | Path, split: str = "train", transform: Any = N
 
 # --------------------------------------------------------------------------------------------- Phi_R recipe
 class RegionModel(Supervised):
-    """Phi_R: cross-entropy on the hard-region crops, started from ``method.init_checkpoint`` when given."""
-
-    def __init__(self, cfg: Config) -> None:
-        super().__init__(cfg)
-        if cfg.method.init_checkpoint:
-            from nightseg.checkpoint import load_segmenter_weights
-
-            load_segmenter_weights(self.model, cfg.method.init_checkpoint)
+    """Phi_R: cross-entropy on the hard-region crops, started from ``method.init_checkpoint`` when given
+    (loaded by `Supervised`, whose training step this is)."""
 
 
 def build(cfg: Config) -> RegionModel:
