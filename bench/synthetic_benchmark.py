@@ -29,6 +29,7 @@ import json
 import logging
 import multiprocessing as mp
 import statistics
+import sys
 from pathlib import Path
 
 ROWS = {
@@ -47,6 +48,11 @@ FINE_TUNES = {"relight_static": "source_only", "nightmix": "source_only", "consi
               "full": "source_only", "source_longer": "source_only", "oracle_longer": "oracle"}
 """Rows that start from that seed's model of another row and train for ``--ulca-steps``."""
 CONTROLS = ("source_longer", "oracle_longer")
+
+
+def _budget(row: str, steps: dict[str, int]) -> int:
+    """Return the steps `row` trains for: ``steps["ulca"]`` for the fine-tuning rows, else ``steps["supervised"]``."""
+    return steps["ulca" if row in FINE_TUNES else "supervised"]
 OFFICIAL_DCE = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "zero_dce" / "Epoch99.pth"
 
 
@@ -60,7 +66,6 @@ def _job(args: tuple) -> tuple[str, int, dict]:
 
     run_dir = Path(out) / f"{row}_seed{seed}"
     scores_file = run_dir / "scores.json"
-    kind = "ulca" if row in FINE_TUNES else "supervised"
     if scores_file.is_file():
         return row, seed, json.loads(scores_file.read_text())
     config = ROWS[row][0]
@@ -72,7 +77,7 @@ def _job(args: tuple) -> tuple[str, int, dict]:
         overrides.append(f"method.init_checkpoint={start}")
     if "ulca" in config:
         overrides.append(f"method.relight.weights={relight}")
-    ckpt = train_recipe(config, Path(data), run_dir, steps[kind], seed, overrides)
+    ckpt = train_recipe(config, Path(data), run_dir, _budget(row, steps), seed, overrides)
     scores = {"night": score_checkpoint(ckpt, "dark_zurich", Path(data) / "dark_zurich"),
               "day": score_checkpoint(ckpt, "cityscapes", Path(data) / "cityscapes")}
     scores_file.write_text(json.dumps(scores))
@@ -119,13 +124,13 @@ def main() -> None:
     if "oracle_longer" in rows and "oracle" not in rows:
         phases[0].append("oracle")
     for row in [r for phase in phases for r in phase]:  # a run folder is reused by name: refuse other budgets
-        kind = "ulca" if row in FINE_TUNES else "supervised"
         for seed in args.seeds:
             metrics_file = out / f"{row}_seed{seed}" / "metrics.json"
             done = json.loads(metrics_file.read_text()).get("max_steps") if metrics_file.is_file() else None
-            if done not in (None, steps[kind]):
-                raise SystemExit(f"error: {metrics_file.parent}: a {done}-step run, this benchmark asks for "
-                                 f"{steps[kind]} steps; give another --out (or delete the folder)")
+            if done not in (None, _budget(row, steps)):
+                print(f"error: {metrics_file.parent}: a {done}-step run, this benchmark asks for "
+                      f"{_budget(row, steps)} steps; give another --out (or delete the folder)", file=sys.stderr)
+                sys.exit(2)
     results: dict[str, dict[int, dict]] = {}
     with mp.get_context("spawn").Pool(args.jobs) as pool:
         for phase in phases:
