@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from nightseg import demo
 from nightseg.io import read_image
@@ -37,6 +39,14 @@ def test_demo_tiny_plan_writes_report_and_resumes(tmp_path, monkeypatch, run_cli
     # the ULCA run started from the source-only weights and carries the relighting net
     ulca_meta = json.loads((out / "runs" / "ulca" / "checkpoints" / "last.json").read_text())
     assert ulca_meta["step"] == 2
+    # the oracle trained in the background process equals the same run trained alone, in this process
+    assert "trained cpu_supervised_nightcity for 3 steps" in (out / "runs" / "oracle.log").read_text()
+    alone = demo.train_recipe("cpu/supervised_nightcity.yaml", out / "data", tmp_path / "oracle_alone", 3, 0,
+                              ["train.cpu_threads=1"])
+    background = load_file(out / "runs" / "oracle" / "checkpoints" / "last.safetensors")
+    expected = load_file(alone)
+    assert background.keys() == expected.keys()
+    assert all(torch.equal(background[k], expected[k]) for k in expected)
     # rerunning finds every stage finished and reproduces the same scores
     again = run_cli("demo", "--quick", "--out", out)
     assert again.code == 0

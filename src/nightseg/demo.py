@@ -5,6 +5,7 @@
    official weights are not needed);
 3. train three models with the packaged CPU recipes: source-only (synthetic day, Cityscapes layout),
    ULCA (seed 000, every component on) and a night-supervised oracle (synthetic night, NightCity layout);
+   the oracle trains in a second process next to the other two (log: ``runs/oracle.log``);
 4. score each on synthetic night val (Dark Zurich layout) and day val (Cityscapes layout);
 5. write ``report.md``, ``results.json`` and picture grids, and print the table.
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ import torch
 
 import nightseg
 from nightseg.classes import CLASS_NAMES, colorize
+from nightseg.errors import UserError
 from nightseg.io import read_image, read_label, write_json, write_png
 
 log = logging.getLogger("nightseg")
@@ -108,6 +112,27 @@ def train_recipe(config: str | Path, data: Path, run_dir: Path, steps: int, seed
     return final
 
 
+def _train_logged(log_file: str, *args: Any) -> None:
+    """Entry point of a background training process: `train_recipe(*args)`, output appended to `log_file`."""
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    train_recipe(*args)
+
+
+def start_background_training(log_file: Path, config: str | Path, data: Path, run_dir: Path, steps: int,
+                              seed: int, extra: list[str]) -> multiprocessing.process.BaseProcess:
+    """Start `train_recipe` in a new process (spawned, so it may start its own DataLoader workers) with its
+    output in `log_file` and no progress bar; return the process (exit code 0 once the run is finished)."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    process = multiprocessing.get_context("spawn").Process(
+        target=_train_logged, args=(str(log_file), config, data, run_dir, steps, seed, [*extra, "train.progress=false"]),
+        name=f"train-{run_dir.name}")
+    process.start()
+    return process
+
+
 def score_checkpoint(checkpoint: Path, dataset_name: str, root: Path, split: str = "val",
                      limit: int | None = None) -> dict[str, Any]:
     """Return the `evaluate_dataset` scores (mIoU, per-class, mEF1, ...) of `checkpoint` on a dataset split."""
@@ -174,14 +199,31 @@ def run_demo(out: str | Path = "nightseg-demo", quick: bool = False, seed: int =
     synthetic.generate(data, preset="small", size=plan.size, seed=seed, counts=plan.counts, progress=True)
     log.info("[2/5] Zero-DCE relighting trained on the synthetic night frames")
     relight = train_relight_on_night(data, out / "relight", plan.relight_epochs, seed)
-    log.info("[3/5] training source-only, ULCA and the night oracle")
-    # ULCA adapts the source-only model (as DANNet does) instead of starting from scratch
+    log.info("[3/5] training source-only, then ULCA; the night oracle alongside on the second core")
+    # ULCA adapts the source-only model (as DANNet does) instead of starting from scratch, so those two run
+    # in turn; the oracle needs neither and trains in a second process (one thread each: the same weights
+    # as when trained alone)
+    runs = {m.key: (m.config, data, out / "runs" / m.key, plan.steps[m.key], seed, ["train.cpu_threads=1"])
+            for m in MODELS}
+    oracle_log = out / "runs" / "oracle.log"
+    oracle = start_background_training(oracle_log, *runs["oracle"])
     checkpoints: dict[str, Path] = {}
-    for m in MODELS:
-        extra = ["train.cpu_threads=1"]
-        if m.key == "ulca":
-            extra += [f"method.relight.weights={relight}", f"method.init_checkpoint={checkpoints['source_only']}"]
-        checkpoints[m.key] = train_recipe(m.config, data, out / "runs" / m.key, plan.steps[m.key], seed, extra)
+    try:
+        checkpoints["source_only"] = train_recipe(*runs["source_only"])
+        config, _, run_dir, steps, _, extra = runs["ulca"]
+        extra = [*extra, f"method.relight.weights={relight}", f"method.init_checkpoint={checkpoints['source_only']}"]
+        checkpoints["ulca"] = train_recipe(config, data, run_dir, steps, seed, extra)
+        log.info("waiting for the oracle (log: %s)", oracle_log)
+        oracle.join()
+    finally:
+        if oracle.is_alive():  # interrupted: stop it too (its saved state lets the rerun continue)
+            oracle.terminate()
+            oracle.join()
+    if oracle.exitcode != 0:
+        raise UserError(f"{oracle_log}: training the oracle failed (exit code {oracle.exitcode}); the log says why, "
+                        "rerun the demo to continue")
+    checkpoints["oracle"] = runs["oracle"][2] / "checkpoints" / "last.safetensors"
+    checkpoints = {m.key: checkpoints[m.key] for m in MODELS}
     log.info("[4/5] scoring on synthetic night val (Dark Zurich layout) and day val (Cityscapes layout)")
     results = {
         key: {"night": score_checkpoint(ckpt, "dark_zurich", data / "dark_zurich", "val", plan.eval_limit),
