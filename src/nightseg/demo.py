@@ -15,7 +15,6 @@ interrupted training run from its saved state.
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
@@ -94,13 +93,12 @@ def train_recipe(config: str | Path, data: Path, run_dir: Path, steps: int, seed
     Resumable: a finished run is returned as it is, an interrupted one continues from its state.
     """
     from nightseg.config import load_config
-    from nightseg.engine import train
+    from nightseg.engine import RunDir, train
 
-    final = run_dir / "checkpoints" / "last.safetensors"
-    metrics_file = run_dir / "metrics.json"
-    if final.is_file() and metrics_file.is_file() and json.loads(metrics_file.read_text()).get("finished"):
-        log.info("%s: already trained (%s)", run_dir.name, final)
-        return final
+    run = RunDir(run_dir)
+    if run.finished():
+        log.info("%s: already trained (%s)", run_dir.name, run.last)
+        return run.last
     # validation is done once at the end (`score_checkpoint`), not during training
     overrides = [f"data.root={data}", f"train.max_steps={steps}", f"seed={seed}",
                  "train.val_every=0", f"train.state_every={max(50, steps // 5)}", *extra]
@@ -109,7 +107,7 @@ def train_recipe(config: str | Path, data: Path, run_dir: Path, steps: int, seed
     metrics = train(cfg, run_dir, resume=True)
     if not metrics.get("finished"):
         raise KeyboardInterrupt
-    return final
+    return run.last
 
 
 def _train_logged(log_file: str, *args: Any) -> None:
@@ -189,6 +187,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 def run_demo(out: str | Path = "nightseg-demo", quick: bool = False, seed: int = 0) -> dict[str, Any]:
     """Run the demo into `out` and return ``{model_key: {"night": scores, "day": scores}}``."""
     from nightseg.data import synthetic
+    from nightseg.engine import RunDir
 
     plan = PLANS["quick" if quick else "full"]
     out = Path(out)
@@ -222,7 +221,7 @@ def run_demo(out: str | Path = "nightseg-demo", quick: bool = False, seed: int =
     if oracle.exitcode != 0:
         raise UserError(f"{oracle_log}: training the oracle failed (exit code {oracle.exitcode}); the log says why, "
                         "rerun the demo to continue")
-    checkpoints["oracle"] = runs["oracle"][2] / "checkpoints" / "last.safetensors"
+    checkpoints["oracle"] = RunDir(runs["oracle"][2]).last
     checkpoints = {m.key: checkpoints[m.key] for m in MODELS}
     log.info("[4/5] scoring on synthetic night val (Dark Zurich layout) and day val (Cityscapes layout)")
     results = {

@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import importlib
+import json
 import logging
 import math
 import os
@@ -118,6 +119,15 @@ class RunDir:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.json"
+
+    @property
+    def last(self) -> Path:
+        """The exported final checkpoint, ``checkpoints/last.safetensors``."""
+        return self.checkpoints / "last.safetensors"
+
+    def finished(self) -> bool:
+        """Return True when the run trained all its steps (its last checkpoint exists and metrics.json says so)."""
+        return self.last.is_file() and self.metrics.is_file() and bool(json.loads(self.metrics.read_text()).get("finished"))
 
 
 # --------------------------------------------------------------------------------------------- seeding
@@ -604,7 +614,7 @@ class RunCallback(L.Callback):
         for logger in trainer.loggers:  # logs on disk now match the state (see `_truncate_csv` for the rest)
             logger.save()
         if trainer.is_global_zero:
-            export(pl_module, self.run.checkpoints / "last.safetensors", trainer.global_step, self.latest)
+            export(pl_module, self.run.last, trainer.global_step, self.latest)
 
     # ---- validation results
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -882,7 +892,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, resume: bool = False,
         if validate and run_callback.last_val_step != trainer.global_step and not run_callback.stop_requested:
             trainer.validate(module, datamodule=data, verbose=False)
         if trainer.is_global_zero:
-            export(module, run.checkpoints / "last.safetensors", trainer.global_step, run_callback.latest)
+            export(module, run.last, trainer.global_step, run_callback.latest)
         metrics = run_callback.write_metrics(trainer, module, finished=trainer.global_step >= cfg.train.max_steps)
         if trainer.is_global_zero:
             log.info("trained %s for %d steps in %.0f s -> %s", cfg.recipe, trainer.global_step,

@@ -359,11 +359,6 @@ def _check_hdm_split(path: Path, split: str) -> None:
                         "(and hdm_labels/hdm/nightlab*.safetensors) or use a new --out")
 
 
-def _finished(run_dir: Path) -> bool:
-    metrics = run_dir / "metrics.json"
-    return (run_dir / "checkpoints" / "last.safetensors").is_file() and metrics.is_file() and \
-        bool(json.loads(metrics.read_text()).get("finished"))
-
 
 # --------------------------------------------------------------------------------------------- pipeline
 def run_nightlab(config: str | Path, overrides: list[str] | tuple[str, ...] = (), out: str | Path = "nightlab"
@@ -372,7 +367,7 @@ def run_nightlab(config: str | Path, overrides: list[str] | tuple[str, ...] = ()
     with the hard classes, HDM label counts and the paths of ``nightlab.safetensors`` and
     ``nightlab_rdn.safetensors``."""
     from nightseg.demo import CONFIG_DIR, score_checkpoint, train_recipe
-    from nightseg.engine import train
+    from nightseg.engine import RunDir, train
 
     config, out = Path(config), Path(out)
     cfg = load_config(config, overrides)
@@ -429,7 +424,7 @@ def run_nightlab(config: str | Path, overrides: list[str] | tuple[str, ...] = ()
             return summary
         # 3. Phi_R
         region_dir = out / "region"
-        if not _finished(region_dir):
+        if not RunDir(region_dir).finished():
             log.info("[3/7] Phi_R on hard-region crops %s", region_size)
             extra = [f"data.source.options.hard_classes={hard}"]
             if p.init_checkpoint is None:
@@ -438,7 +433,7 @@ def run_nightlab(config: str | Path, overrides: list[str] | tuple[str, ...] = ()
             metrics = train(region_cfg, region_dir, resume=True)
             if not metrics.get("finished"):
                 raise KeyboardInterrupt
-        region_model = _load_model(region_dir / "checkpoints" / "last.safetensors")
+        region_model = _load_model(RunDir(region_dir).last)
         source = cfg.data.source
         base = str(options.get("base", "nightcity"))
         # 4. RDN
