@@ -63,6 +63,7 @@ def _job(args: tuple) -> tuple[str, int, dict]:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     from nightseg.demo import score_checkpoint, train_recipe
+    from nightseg.engine import RunDir
 
     run_dir = Path(out) / f"{row}_seed{seed}"
     scores_file = run_dir / "scores.json"
@@ -73,7 +74,7 @@ def _job(args: tuple) -> tuple[str, int, dict]:
     # pool workers, which cannot start DataLoader workers)
     overrides = ["train.cpu_threads=1", *extra, "data.workers=0"]
     if row in FINE_TUNES:
-        start = Path(out) / f"{FINE_TUNES[row]}_seed{seed}" / "checkpoints" / "last.safetensors"
+        start = RunDir(Path(out) / f"{FINE_TUNES[row]}_seed{seed}").last
         overrides.append(f"method.init_checkpoint={start}")
     if "ulca" in config:
         overrides.append(f"method.relight.weights={relight}")

@@ -209,9 +209,9 @@ def run_demo(out: str | Path = "nightseg-demo", quick: bool = False, seed: int =
     checkpoints: dict[str, Path] = {}
     try:
         checkpoints["source_only"] = train_recipe(*runs["source_only"])
-        config, _, run_dir, steps, _, extra = runs["ulca"]
-        extra = [*extra, f"method.relight.weights={relight}", f"method.init_checkpoint={checkpoints['source_only']}"]
-        checkpoints["ulca"] = train_recipe(config, data, run_dir, steps, seed, extra)
+        *ulca, extra = runs["ulca"]
+        checkpoints["ulca"] = train_recipe(*ulca, [*extra, f"method.relight.weights={relight}",
+                                                   f"method.init_checkpoint={checkpoints['source_only']}"])
         log.info("waiting for the oracle (log: %s)", oracle_log)
         oracle.join()
     finally:

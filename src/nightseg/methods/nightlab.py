@@ -359,7 +359,6 @@ def _check_hdm_split(path: Path, split: str) -> None:
                         "(and hdm_labels/hdm/nightlab*.safetensors) or use a new --out")
 
 
-
 # --------------------------------------------------------------------------------------------- pipeline
 def run_nightlab(config: str | Path, overrides: list[str] | tuple[str, ...] = (), out: str | Path = "nightlab"
                  ) -> dict[str, Any]:
