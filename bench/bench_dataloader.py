@@ -21,9 +21,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from nightseg.core.io import write_png
 from nightseg.data import Cityscapes, train_transform
 from nightseg.data.photometric import strong_augment
-from nightseg.io import write_png
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "cityscapes_samples"
 W, H = 1024, 512

@@ -4,7 +4,7 @@ Builds a temporary folder of N 1024x512 PNG frames (the real Cityscapes val fram
 downscaled and shifted so that every file differs; smooth noise if those are absent) and a checkpoint of
 the chosen model (random weights: speed does not depend on them), then times
 
-1. **bare forward**: the network alone on preloaded tensors (as `Segmenter` runs it: BatchNorm folded,
+1. **bare forward**: the network alone on preloaded tensors (as `Predictor` runs it: BatchNorm folded,
    channels_last, inference_mode), images/s;
 2. **end-to-end predict**: `nightseg predict`'s pipeline on the folder: PNG decode, forward, argmax and
    writing ``_labelTrainIds``, ``_color`` and ``_overlay`` PNGs; decoding runs ahead and writing runs
@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nightseg.checkpoint import save_checkpoint
-from nightseg.commands.predict import DEFAULT_OUTPUTS, Item, OutputWriter, predict_images
-from nightseg.inference import OnnxNet, Segmenter, load_inference_net
-from nightseg.io import write_png
+from nightseg.core.checkpoint import save_checkpoint
+from nightseg.core.io import write_png
+from nightseg.inference import OnnxNet, Predictor, load_inference_net
 from nightseg.models import build_segmenter
+from nightseg.pipelines.predict import DEFAULT_OUTPUTS, Item, OutputWriter, predict_images
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "realdata" / "cityscapes_samples"
 W, H = 1024, 512
@@ -77,7 +77,7 @@ def video_memory(model_name: str, frames: int) -> None:
 
     import cv2
 
-    from nightseg.commands.predict import predict_video
+    from nightseg.pipelines.predict import predict_video
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,7 +85,7 @@ def video_memory(model_name: str, frames: int) -> None:
         torch.manual_seed(0)
         model = build_segmenter(model_name).eval()
         ckpt = save_checkpoint(root / "model.safetensors", model.state_dict(), {"model": model.config})
-        seg = Segmenter.from_checkpoint(ckpt)
+        seg = Predictor.from_checkpoint(ckpt)
         for n in (max(1, frames // 10), frames):
             path = root / f"clip{n}.mp4"
             writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (256, 128))
@@ -131,13 +131,13 @@ def main() -> None:
         for i in range(args.n):
             path = write_png(root / "in" / f"frame_{i:04d}.png", np.roll(frames[i % len(frames)], 7 * i, axis=1))
             items.append(Item(path, Path(path.stem)))
-        seg = Segmenter.from_checkpoint(ckpt, device=device)
+        seg = Predictor.from_checkpoint(ckpt, device=device)
         xs = [torch.from_numpy(np.array(Image.open(it.src))).permute(2, 0, 1)[None].float().div(255).to(device)
               for it in items]
         warm = OutputWriter(root / "warm", DEFAULT_OUTPUTS, 19, workers=0)
         predict_images(seg, items[:1], warm, progress=False)  # warm-up of the whole pipeline
 
-        # 1. bare forward (what the Segmenter runs: folded BN, channels_last) and 2. end-to-end predict
+        # 1. bare forward (what the Predictor runs: folded BN, channels_last) and 2. end-to-end predict
         # (threaded and serial), alternating; each round's end-to-end time is compared with the forward time
         # of the same round, so that load changes between rounds cancel out
         times: dict[str, list[tuple[float, float]]] = {"forward": [], "e2e": [], "e2e_serial": []}
@@ -163,7 +163,7 @@ def main() -> None:
 
         # 3. onnxruntime vs PyTorch eager (CPU)
         if not args.skip_onnx and device.type == "cpu":
-            from nightseg.export import export_onnx
+            from nightseg.inference.onnx import export_onnx
 
             net, _ = load_inference_net(ckpt)
             export_onnx(net, root / "model.onnx", size=(256, 512), check=False)

@@ -32,9 +32,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from nightseg.data.synthetic import generate, make_sample
-from nightseg.data.synthetic_render import _noise_tiles
-from nightseg.io import write_png
+from nightseg.core.io import write_png
+from nightseg.synthetic.generator import generate, make_sample
+from nightseg.synthetic.render import _noise_tiles
 
 
 def _time(fn, n: int, repeats: int) -> tuple[float, float, float]:
@@ -58,8 +58,8 @@ def _time(fn, n: int, repeats: int) -> tuple[float, float, float]:
 
 def profile_stages(h: int, w: int, n: int = 8, repeats: int = 4) -> dict[str, float]:
     """CPU ms per pair spent in each stage (build, merge, rasterise, ...), best of `repeats`."""
-    import nightseg.data.synthetic_render as R
-    import nightseg.data.synthetic_scene as SC
+    import nightseg.synthetic.render as R
+    import nightseg.synthetic.scene as SC
 
     spent: dict[str, float] = {}
     stages = {"layout + 2 traffic sets": (SC, "build_scene"), "merge primitives": (R, "merge"),
@@ -78,7 +78,7 @@ def profile_stages(h: int, w: int, n: int = 8, repeats: int = 4) -> dict[str, fl
             return out
 
         setattr(mod, fn, timed)
-    import nightseg.data.synthetic as S
+    import nightseg.synthetic.generator as S
 
     S.build_scene = SC.build_scene
     best: dict[str, float] = {}

@@ -57,8 +57,9 @@ def make_batch(cfg, device: torch.device) -> tuple[dict, int]:
 
 def time_recipe(config: str, overrides: list[str], steps: int, warmup: int, device: torch.device) -> dict:
     """Return the step times (s) of the recipe at `config` and its images per step."""
-    from nightseg.config import load_config
-    from nightseg.engine import build_module, reseed, resolve_devices
+    from nightseg.core.config import load_config
+    from nightseg.core.seeding import reseed
+    from nightseg.engine import build_module, resolve_devices
 
     cfg = load_config(REPO / config if not Path(config).is_absolute() else config, overrides)
     reseed(0)

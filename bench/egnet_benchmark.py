@@ -56,11 +56,11 @@ PLOTTED = ["plain", "plain_wide", "egnet", "no_egl", "concat", "sum", "extra_inp
 
 def _score(ckpt: Path, data: Path, relight: Path | None) -> dict:
     """Return the evaluate_dataset scores of `ckpt` on synthetic night val (optionally relit by Zero-DCE)."""
-    from nightseg.commands.evaluate import evaluate_dataset
     from nightseg.data import build_dataset
-    from nightseg.inference import Segmenter
+    from nightseg.inference import Predictor
+    from nightseg.pipelines.evaluate import evaluate_dataset
 
-    segmenter = Segmenter.from_checkpoint(ckpt, device="cpu", relight=relight if relight else False)
+    segmenter = Predictor.from_checkpoint(ckpt, device="cpu", relight=relight if relight else False)
     dataset = build_dataset("dark_zurich", data / "dark_zurich", "val")
     scores = evaluate_dataset(segmenter, dataset, workers=1, progress=False)
     return {"mIoU": scores["mIoU"], "mEF1": scores["exposure"]["mEF1"], "per_class_iou":
@@ -70,8 +70,8 @@ def _score(ckpt: Path, data: Path, relight: Path | None) -> dict:
 
 def run_one(key: str, seed: int, data: Path, out: Path, steps: int, overrides: list[str], relight: Path) -> dict:
     """Train (or resume) the run of `key` and `seed`, score it; return {row: scores} (cached in scores.json)."""
-    from nightseg.demo import train_recipe
     from nightseg.models.egnet import EGNet
+    from nightseg.pipelines.recipes import train_recipe
 
     run_dir = out / f"{key}_seed{seed}"
     cached = run_dir / "scores.json"

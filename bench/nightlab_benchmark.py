@@ -32,7 +32,7 @@ def score(ckpt: Path, data: Path, cache: Path) -> dict[str, Any]:
     """Return (cached) Dark Zurich night val scores of a checkpoint: mIoU and per-class IoU."""
     if cache.is_file():
         return json.loads(cache.read_text())
-    from nightseg.demo import score_checkpoint
+    from nightseg.pipelines.recipes import score_checkpoint
 
     s = score_checkpoint(ckpt, "dark_zurich", data / "dark_zurich")
     out = {"mIoU": s["mIoU"], "per_class_iou": {k: v["iou"] for k, v in s["per_class"].items()},
@@ -68,7 +68,7 @@ def oracle_score(ckpt: Path, data: Path, cache: Path, min_area: int = 4) -> dict
 
 def run_one(config: str, data: Path, out: Path, seed: int, extra: list[str]) -> dict[str, Any]:
     """Run the NightLab pipeline (resumable) and score its three models; return the result dict."""
-    from nightseg.methods.nightlab import run_nightlab
+    from nightseg.pipelines.nightlab import run_nightlab
 
     started = time.perf_counter()
     overrides = [f"data.root={data}", f"seed={seed}", "train.progress=false", *extra]
@@ -96,7 +96,7 @@ def _pct(values: list[float], digits: int = 1) -> str:
 
 def tables(results: list[dict[str, Any]], ablation: dict[str, dict[str, Any]]) -> str:
     """Return the Markdown tables: summary, per-class IoU (hard classes marked), threshold ablation."""
-    from nightseg.classes import CLASS_NAMES
+    from nightseg.core.classes import CLASS_NAMES
 
     n = len(results)
     lines = [f"| model | night mIoU (Dark Zurich val, {n} seed{'s' if n > 1 else ''}) |", "|---|---|"]
@@ -126,9 +126,9 @@ def figure(result: dict[str, Any], data: Path, path: Path, rows: int = 4, zoom: 
     """Draw ``image + RDN proposals | image + HDM proposals | Phi_I | NightLab merged | ground truth``."""
     import cv2
 
-    from nightseg.classes import colorize
+    from nightseg.core.classes import colorize
+    from nightseg.core.io import read_image, read_label, write_png
     from nightseg.inference import load_inference_net
-    from nightseg.io import read_image, read_label, write_png
 
     nets = {k: load_inference_net(result["checkpoints"][k])[0].segmenter for k in ("nightlab_rdn", "nightlab")}
     val = data / "dark_zurich"

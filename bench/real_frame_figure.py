@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nightseg.classes import CLASS_NAMES, PALETTE
+from nightseg.core.classes import CLASS_NAMES, PALETTE
+from nightseg.core.io import read_image
 from nightseg.evaluation.report import save_figure
-from nightseg.inference import Segmenter, colorize_labels, overlay, parse_size
-from nightseg.io import read_image
+from nightseg.inference import Predictor, colorize_labels, overlay, parse_size
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 FRAME = REALDATA / "dark_zurich_pair" / "GP010375_frame_000036_rgb.png"
@@ -38,17 +38,17 @@ def make_figure(ckpt: Path, out: Path, frame: Path = FRAME, size: tuple[int, int
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    from nightseg.models.relight import load_dce_weights, relight_image
+    from nightseg.models import relight as zero_dce
 
     image = np.array(Image.fromarray(read_image(frame)).resize((size[1], size[0]), Image.BILINEAR))
-    seg = Segmenter.from_checkpoint(ckpt, device=device)
+    seg = Predictor.from_checkpoint(ckpt, device=device)
     own_relight = getattr(seg.net, "relight", None) is not None
     if own_relight:
         relit, relit_title = seg.relit(image), "relit by the model's Zero-DCE (what it segments)"
     else:
         weights = relight or (OFFICIAL_DCE if OFFICIAL_DCE.is_file() else None)
         if weights is not None:
-            relit = relight_image(load_dce_weights(weights), image)
+            relit = zero_dce.relight(zero_dce.load_dce_weights(weights), image)
             relit_title = f"Zero-DCE relit ({Path(weights).name}); this model does not relight"
         else:
             relit, relit_title = image, "no relighting weights available"

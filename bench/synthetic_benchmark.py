@@ -4,7 +4,7 @@ and writes every score to ``OUT/results.json``.
 
     python bench/synthetic_benchmark.py --out runs/benchmark --seeds 0 1 2 --jobs 2
 
-The protocol is the demo's (`nightseg.demo`): the synthetic ``small`` set (128x256), source-only and the
+The protocol is the demo's (`nightseg.pipelines.demo`): the synthetic ``small`` set (128x256), source-only and the
 oracle trained from scratch for ``--steps`` steps, and every ULCA row *fine-tuning that seed's
 source-only model* for ``--ulca-steps`` steps (as DANNet and seed 000 adapt a Cityscapes-trained
 PSPNet), with a Zero-DCE trained on the synthetic night frames (``--relight official`` uses the
@@ -62,8 +62,8 @@ def _job(args: tuple) -> tuple[str, int, dict]:
 
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
-    from nightseg.demo import score_checkpoint, train_recipe
     from nightseg.engine import RunDir
+    from nightseg.pipelines.recipes import score_checkpoint, train_recipe
 
     run_dir = Path(out) / f"{row}_seed{seed}"
     scores_file = run_dir / "scores.json"
@@ -107,8 +107,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from nightseg.data import synthetic
-    from nightseg.demo import PLANS, train_relight_on_night
+    from nightseg.pipelines.demo import PLANS, train_relight_on_night
+    from nightseg.synthetic import generator as synthetic
 
     out = Path(args.out)
     data = Path(args.data) if args.data else out / "data"

@@ -39,8 +39,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from nightseg.classes import CLASS_NAMES, NUM_CLASSES
-from nightseg.data.synthetic import make_sample
+from nightseg.core.classes import CLASS_NAMES, NUM_CLASSES
+from nightseg.synthetic.generator import make_sample
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 REAL_CS = REALDATA / "cityscapes_samples" / "tiny_128x256_with_gt"

@@ -33,8 +33,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from nightseg.classes import CLASS_NAMES, DYNAMIC_CLASSES, NUM_CLASSES, STATIC_CLASSES, colorize
-from nightseg.data.synthetic import make_sample
+from nightseg.core.classes import CLASS_NAMES, DYNAMIC_CLASSES, NUM_CLASSES, STATIC_CLASSES, colorize
+from nightseg.synthetic.generator import make_sample
 
 REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 CITYSCAPES_FREQ = np.array([0.3687, 0.0608, 0.2282, 0.0066, 0.0088, 0.0123, 0.0021, 0.0055, 0.1593, 0.0116, 0.0402,

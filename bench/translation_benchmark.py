@@ -39,8 +39,8 @@ log = logging.getLogger("nightseg")
 
 # --------------------------------------------------------------------------------------------- stages
 def train_gan(data: Path, out: Path, steps: int, channels: int, blocks: int) -> Path:
-    from nightseg.io import list_images
-    from nightseg.translation import TranslatorSettings, train_translator, translator_path
+    from nightseg.core.io import list_images
+    from nightseg.pipelines.translation import TranslatorSettings, train_translator, translator_path
 
     size = tuple(np.asarray(_first(data / "cityscapes" / "leftImg8bit" / "train")).shape[:2])
     s = TranslatorSettings(steps=steps, size=size, channels=channels, blocks=blocks, disc_channels=32, seed=0)
@@ -57,14 +57,14 @@ def train_gan(data: Path, out: Path, steps: int, channels: int, blocks: int) -> 
 
 
 def _first(folder: Path) -> np.ndarray:
-    from nightseg.io import list_images, read_image
+    from nightseg.core.io import list_images, read_image
 
     return read_image(list_images(folder)[0])
 
 
 def make_mix(data: Path, out: Path, translator: Path, ratio: float) -> Path:
     """Return a data root holding the translated Cityscapes-layout train set and the original val sets."""
-    from nightseg.translation import translate_dataset
+    from nightseg.pipelines.translation import translate_dataset
 
     root = out / "mixes" / f"r{ratio:g}"
     translate_dataset(translator, data / "cityscapes", root / "cityscapes", ratio, seed=0, progress=False)
@@ -79,7 +79,7 @@ def make_mix(data: Path, out: Path, translator: Path, ratio: float) -> Path:
 
 
 def sweep_run(data: Path, out: Path, translator: Path, ratio: float, seed: int, steps: int) -> dict:
-    from nightseg.demo import score_checkpoint, train_recipe
+    from nightseg.pipelines.recipes import score_checkpoint, train_recipe
 
     run_dir = out / "sweep" / f"r{ratio:g}_seed{seed}"
     scores_file = run_dir / "scores.json"
@@ -102,14 +102,14 @@ def _summary(scores: dict) -> dict:
 
 def night2day_run(data: Path, out: Path, translator: Path, ckpt: Path, seed: int) -> dict:
     """Method 1: score the day-only model on night val after night->day translation."""
-    from nightseg.commands.evaluate import evaluate_dataset
     from nightseg.data import build_dataset
-    from nightseg.inference import Segmenter
+    from nightseg.inference import Predictor
+    from nightseg.pipelines.evaluate import evaluate_dataset
 
     path = out / "method1" / f"seed{seed}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    segmenter = Segmenter.from_checkpoint(ckpt, night2day=translator)
+    segmenter = Predictor.from_checkpoint(ckpt, night2day=translator)
     scores = _summary(evaluate_dataset(segmenter, build_dataset("dark_zurich", data / "dark_zurich", "val"),
                                        workers=1, progress=False))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +119,7 @@ def night2day_run(data: Path, out: Path, translator: Path, ckpt: Path, seed: int
 
 # --------------------------------------------------------------------------------------------- distances
 def _stack(paths: list[Path], limit: int) -> torch.Tensor:
-    from nightseg.io import read_image
+    from nightseg.core.io import read_image
 
     return torch.stack([torch.from_numpy(read_image(p)).permute(2, 0, 1).float() / 255 for p in paths[:limit]])
 
@@ -159,8 +159,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def distances(data: Path, translator: Path, seg_ckpt: Path, out_images: Path) -> dict:
+    from nightseg.core.io import list_images
     from nightseg.inference import load_inference_net
-    from nightseg.io import list_images
     from nightseg.models.translator import load_translator
 
     day = _stack(list_images(data / "cityscapes" / "leftImg8bit" / "train"), 300)
@@ -216,7 +216,7 @@ def _plot_histograms(hists: dict[str, np.ndarray], path: Path) -> None:
 
 
 def _grid(day: torch.Tensor, fake_night: torch.Tensor, night: torch.Tensor, fake_day: torch.Tensor, path: Path) -> None:
-    from nightseg.io import write_png
+    from nightseg.core.io import write_png
 
     rows = [torch.cat([torch.nn.functional.pad(c, (2, 2, 2, 2), value=1.0) for c in cells], dim=2)
             for cells in zip(day, fake_night, night, fake_day)]

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nightseg.io import write_png
+from nightseg.core.io import write_png
 
 H, W = 36, 64
 DEFECTS = ("missing_label", "size_mismatch", "unknown_value", "corrupt_image")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nightseg.config import (
+from nightseg.core.config import (
     Config,
     config_diff,
     config_from_dict,
@@ -16,7 +16,7 @@ from nightseg.config import (
     load_config,
     parse_override,
 )
-from nightseg.errors import UserError
+from nightseg.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 MINIMAL = {"method": {"name": "supervised"}, "data": {"source": {"dataset": "cityscapes"}}}

@@ -32,6 +32,7 @@ from fixtures_datasets import (
     make_nighttime_driving,
     plant,
 )
+from nightseg.core.errors import UserError
 from nightseg.data import (
     ACDC,
     BDD100K,
@@ -54,7 +55,6 @@ from nightseg.data import (
 from nightseg.data.check import SELECTION_FLAGS, check_dataset, selection_options
 from nightseg.data.photometric import StrongConfig, WeakConfig, gaussian_blur, strong_augment, weak_augment
 from nightseg.data.transforms import RandomScaleCrop, Resize
-from nightseg.errors import UserError
 
 
 def _check_contract(sample, labelled=True):
@@ -657,7 +657,7 @@ def test_dataloader_with_workers_is_deterministic(tmp_path, realdata):
 # ------------------------------------------------------------------------------------------- round trip
 def test_synthetic_output_loads_through_the_loaders(tmp_path, run_cli):
     """The generator (issue 3) writes the Cityscapes, Dark Zurich and NightCity layouts: they load unchanged."""
-    synthetic = pytest.importorskip("nightseg.data.synthetic")
+    synthetic = pytest.importorskip("nightseg.synthetic.generator")
     out = tmp_path / "synth"
     counts = {"train": 2, "val": 1, "pairs": 2, "night_val": 2, "night_train": 1, "nightcity_val": 1}
     synthetic.generate(out, preset="tiny", counts=counts, seed=0, progress=False)

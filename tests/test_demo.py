@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nightseg import demo
-from nightseg.io import read_image
+from nightseg.core.io import read_image
+from nightseg.pipelines import demo, recipes
 
 
 @pytest.mark.slow
@@ -41,7 +41,7 @@ def test_demo_tiny_plan_writes_report_and_resumes(tmp_path, monkeypatch, run_cli
     assert ulca_meta["step"] == 2
     # the oracle trained in the background process equals the same run trained alone, in this process
     assert "trained cpu_supervised_nightcity for 3 steps" in (out / "runs" / "oracle.log").read_text()
-    alone = demo.train_recipe("cpu/supervised_nightcity.yaml", out / "data", tmp_path / "oracle_alone", 3, 0,
+    alone = recipes.train_recipe("cpu/supervised_nightcity.yaml", out / "data", tmp_path / "oracle_alone", 3, 0,
                               ["train.cpu_threads=1"])
     background = load_file(out / "runs" / "oracle" / "checkpoints" / "last.safetensors")
     expected = load_file(alone)

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nightseg.classes import IGNORE_INDEX
-from nightseg.config import load_config
-from nightseg.errors import UserError
+from nightseg.core.classes import IGNORE_INDEX
+from nightseg.core.config import load_config
+from nightseg.core.errors import UserError
 from nightseg.models import build_segmenter
 from nightseg.models.egnet import VARIANTS, EGNet, ExposureGuidance, egnet_tiny, exposure_map
 
@@ -214,8 +214,8 @@ def test_every_egnet_config_loads():
 # --------------------------------------------------------------------------------------------- train + predict
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from nightseg.data import synthetic
-    from nightseg.demo import train_recipe
+    from nightseg.pipelines.recipes import train_recipe
+    from nightseg.synthetic import generator as synthetic
 
     root = tmp_path_factory.mktemp("egnet")
     counts = {"train": 0, "val": 0, "pairs": 0, "night_val": 2, "night_train": 4, "nightcity_val": 0}
@@ -227,8 +227,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_two_step_training_writes_a_checkpoint_that_predicts(trained, tmp_path, run_cli):
-    from nightseg.checkpoint import load_checkpoint
-    from nightseg.inference import Segmenter
+    from nightseg.core.checkpoint import load_checkpoint
+    from nightseg.inference import Predictor
 
     ckpt, data = trained
     tensors, meta = load_checkpoint(ckpt)
@@ -238,8 +238,8 @@ def test_two_step_training_writes_a_checkpoint_that_predicts(trained, tmp_path, 
     rows = list(csv.DictReader((ckpt.parents[1] / "logs" / "csv" / "metrics.csv").open()))
     l1 = [float(r["train/exposure_l1"]) for r in rows if r.get("train/exposure_l1")]
     assert len(l1) == 2 and all(0 < v < 1 for v in l1)
-    # Segmenter.from_checkpoint rebuilds the EGNet; its logits equal the trained model's forward
-    seg = Segmenter.from_checkpoint(ckpt, device="cpu")
+    # Predictor.from_checkpoint rebuilds the EGNet; its logits equal the trained model's forward
+    seg = Predictor.from_checkpoint(ckpt, device="cpu")
     model = egnet_tiny()
     model.load_state_dict(tensors)
     model.eval()
@@ -254,7 +254,7 @@ def test_two_step_training_writes_a_checkpoint_that_predicts(trained, tmp_path, 
     assert r.code == 0, r.err
     written = sorted(out.rglob("*_labelTrainIds.png"))
     assert len(written) == 2
-    from nightseg.io import read_label
+    from nightseg.core.io import read_label
 
     first = sorted(images.rglob("*.png"))[0]
     labels = read_label(next(p for p in written if p.name.startswith(first.name.replace("_rgb_anon.png", ""))))
@@ -271,15 +271,15 @@ def test_two_step_training_writes_a_checkpoint_that_predicts(trained, tmp_path, 
 def test_test_size_checkpoint_predicts_and_evaluates_at_the_frame_size(trained, tmp_path, run_cli):
     """The paper's 900x900 test input (configs/egnet*.yaml), scaled down to 48x48 for 64x128 frames: the
     CLI resizes each frame to test_size, segments it, and writes / scores the label map at the frame size."""
-    from nightseg.checkpoint import load_checkpoint, save_checkpoint
-    from nightseg.inference import Segmenter
-    from nightseg.io import read_image, read_label
+    from nightseg.core.checkpoint import load_checkpoint, save_checkpoint
+    from nightseg.core.io import read_image, read_label
+    from nightseg.inference import Predictor
 
     ckpt, data = trained
     tensors, meta = load_checkpoint(ckpt)
     sized = save_checkpoint(tmp_path / "egnet_test_size.safetensors", tensors,
                             {**meta, "model": {**meta["model"], "test_size": [48, 48]}})
-    seg = Segmenter.from_checkpoint(sized, device="cpu")
+    seg = Predictor.from_checkpoint(sized, device="cpu")
     assert seg.net.segmenter.test_size == (48, 48)
     model = egnet_tiny(test_size=[48, 48])
     model.load_state_dict(tensors)
@@ -309,8 +309,8 @@ def test_test_size_checkpoint_predicts_and_evaluates_at_the_frame_size(trained, 
 def test_no_es_training_equals_the_plain_segmenter_recipe(trained, tmp_path):
     """w/o ES trained by the egnet recipe is bit-identical to pspnet_tiny trained by the supervised recipe
     (same initialisation, data and loss), so the plain-segmenter row of docs/results.md is the w/o ES row."""
-    from nightseg.checkpoint import load_checkpoint
-    from nightseg.demo import train_recipe
+    from nightseg.core.checkpoint import load_checkpoint
+    from nightseg.pipelines.recipes import train_recipe
 
     _, data = trained
     extra = ["train.cpu_threads=1", "data.workers=0", "data.source.crop=[64,64]", "train.progress=false"]

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torchvision import tv_tensors
 
-from nightseg.classes import PALETTE
+from nightseg.core.classes import PALETTE
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -136,7 +136,7 @@ def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
 
 # --------------------------------------------------------------------------------------------- unit tests
 def test_poly_factor_values():
-    from nightseg.engine import poly_factor
+    from nightseg.core.schedule import poly_factor
 
     assert poly_factor(0, 100) == 1.0
     assert poly_factor(50, 100) == pytest.approx(0.5**0.9)
@@ -147,7 +147,7 @@ def test_poly_factor_values():
 
 
 def test_optimizer_lr_follows_poly_schedule():
-    from nightseg.config import config_from_dict
+    from nightseg.core.config import config_from_dict
     from nightseg.methods.supervised import build
 
     cfg = config_from_dict(tiny_recipe(max_steps=10))
@@ -173,7 +173,7 @@ def test_optimizer_lr_follows_poly_schedule():
 def test_step_sampler_splits_positions_across_ranks_and_resumes():
     from itertools import islice
 
-    from nightseg.engine import StepSampler
+    from nightseg.data.streams import StepSampler
 
     r0 = list(islice(iter(StepSampler(2, 0, rank=0, world_size=2)), 6))
     r1 = list(islice(iter(StepSampler(2, 0, rank=1, world_size=2)), 6))
@@ -182,8 +182,8 @@ def test_step_sampler_splits_positions_across_ranks_and_resumes():
 
 
 def test_step_streams_are_a_pure_function_of_position():
-    from nightseg.config import StreamConfig
-    from nightseg.engine import StepStreams, build_transform
+    from nightseg.core.config import StreamConfig
+    from nightseg.data.streams import StepStreams, build_transform
 
     transform = build_transform(StreamConfig(crop=[16, 16], scale=[0.5, 1.5], flip=True), train=True)
     streams = StepStreams({"source": TinyDataset(".", "train", transform, n=5),
@@ -202,7 +202,7 @@ def test_step_streams_are_a_pure_function_of_position():
 
 
 def test_training_state_round_trip_without_pickle(tmp_path):
-    from nightseg.training_checkpoints import load_state, save_state
+    from nightseg.engine.state import load_state, save_state
 
     state = {"global_step": 7, "state_dict": {"a.weight": torch.randn(3, 2), "b": torch.arange(4)},
              "optimizer_states": [{"state": {0: {"momentum_buffer": torch.ones(2)}}, "param_groups": [
@@ -224,7 +224,7 @@ def test_training_state_round_trip_without_pickle(tmp_path):
 
 
 def test_training_state_write_is_atomic(tmp_path, monkeypatch):
-    import nightseg.training_checkpoints as tc
+    import nightseg.engine.state as tc
 
     folder = tmp_path / "state"
     tc.save_state({"global_step": 1, "w": torch.zeros(3)}, folder)
@@ -242,8 +242,8 @@ def test_training_state_write_is_atomic(tmp_path, monkeypatch):
 
 
 def test_training_state_errors_name_the_file(tmp_path):
-    from nightseg.errors import UserError
-    from nightseg.training_checkpoints import load_state
+    from nightseg.core.errors import UserError
+    from nightseg.engine.state import load_state
 
     folder = tmp_path / "state"
     folder.mkdir()
@@ -254,8 +254,8 @@ def test_training_state_errors_name_the_file(tmp_path):
 
 # --------------------------------------------------------------------------------------------- training runs
 def test_train_writes_run_folder_and_learns(tmp_path):
-    from nightseg.checkpoint import load_checkpoint
-    from nightseg.config import config_from_dict
+    from nightseg.core.checkpoint import load_checkpoint
+    from nightseg.core.config import config_from_dict
     from nightseg.engine import train
 
     cfg = config_from_dict(tiny_recipe(max_steps=12, val_every=6, state_every=6))
@@ -282,7 +282,7 @@ def test_train_writes_run_folder_and_learns(tmp_path):
     assert list((run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     assert (run / "logs" / "images" / "val_step0000012.png").is_file()
     # training again into the same folder without --resume is refused
-    from nightseg.errors import UserError
+    from nightseg.core.errors import UserError
 
     with pytest.raises(UserError, match="pass --resume"):
         train(cfg, run)
@@ -297,9 +297,9 @@ def test_train_writes_run_folder_and_learns(tmp_path):
 def test_supervised_init_checkpoint_starts_from_its_weights(tmp_path):
     """method.init_checkpoint: the module starts from the checkpoint's tensors (not its own init), and a
     checkpoint of another architecture is refused in one line naming the file."""
-    from nightseg.config import config_from_dict
+    from nightseg.core.config import config_from_dict
+    from nightseg.core.errors import UserError
     from nightseg.engine import train
-    from nightseg.errors import UserError
     from nightseg.methods.supervised import Supervised
 
     train(config_from_dict(tiny_recipe(max_steps=4, val_every=0)), tmp_path / "first")
@@ -317,7 +317,7 @@ def test_supervised_init_checkpoint_starts_from_its_weights(tmp_path):
 
 def test_kill_and_resume_gives_identical_weights(tmp_path, run_cli):
     """Uninterrupted run vs. a subprocess SIGKILLed mid-run (after its step-4 state) and resumed."""
-    from nightseg.config import config_from_dict
+    from nightseg.core.config import config_from_dict
     from nightseg.engine import train
 
     recipe = tiny_recipe()
@@ -355,7 +355,7 @@ def csv_rows(run: Path) -> list[tuple]:
 def test_sigterm_stops_at_step_boundary_and_resumes_exactly(tmp_path):
     import lightning as L
 
-    from nightseg.config import config_from_dict
+    from nightseg.core.config import config_from_dict
     from nightseg.engine import train
 
     class SendSigterm(L.Callback):
@@ -376,7 +376,7 @@ def test_sigterm_stops_at_step_boundary_and_resumes_exactly(tmp_path):
 
 def test_two_process_ddp_on_cpu_reduces_the_confusion_matrix(tmp_path):
     """`nightseg train` with 2 CPU processes (gloo): the val scores equal a 1-process evaluation."""
-    from nightseg.checkpoint import load_checkpoint
+    from nightseg.core.checkpoint import load_checkpoint
     from nightseg.evaluation.exposure import ExposureConfusion, exposure_scores
     from nightseg.evaluation.metrics import segmentation_scores
 

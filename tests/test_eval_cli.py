@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from nightseg.classes import CLASS_NAMES, LABEL_ID_TO_TRAIN_ID, VALID_LABEL_IDS
-from nightseg.errors import UserError
+from nightseg.core.classes import CLASS_NAMES, LABEL_ID_TO_TRAIN_ID, VALID_LABEL_IDS
+from nightseg.core.errors import UserError
+from nightseg.core.io import write_png
 from nightseg.evaluation.exposure import ExposureConfusion, exposure_scores
 from nightseg.evaluation.folder_eval import scene_stem
 from nightseg.evaluation.metrics import ConfusionMatrix, segmentation_scores
-from nightseg.io import write_png
 
 EVAL_LABEL_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
 VOID_LABEL_IDS = sorted(set(VALID_LABEL_IDS) - set(EVAL_LABEL_IDS))  # 0-6, 9, 10, 14-16, 18, 29, 30
@@ -122,7 +122,7 @@ def test_per_class_iou_equals_cityscapesscripts(cityscapes, tmp_path, run_cli, p
 def test_per_class_iou_equals_cityscapesscripts_on_the_real_sample(realdata, tmp_path, run_cli):
     """The same parity on the real Cityscapes 128x256 labels, with predictions made by shifting them and
     painting wrong blobs (a realistic mix of boundary errors and confusions)."""
-    from nightseg.io import read_label
+    from nightseg.core.io import read_label
 
     gt_file = realdata / "cityscapes_samples/tiny_128x256_with_gt/gtFine/frankfurt_000000_000294_gtFine_labelIds.png"
     gt = read_label(gt_file)
@@ -163,7 +163,7 @@ def test_images_add_mef1_equal_to_direct_computation(cityscapes, tmp_path, run_c
                 "--images", cityscapes["images"], "--json", out)
     assert r.code == 0, r.err
     res = json.loads(out.read_text())
-    from nightseg.io import read_image, read_label
+    from nightseg.core.io import read_image, read_label
 
     ec = ExposureConfusion()
     for gt_path in sorted(cityscapes["gt"].rglob("*_labelTrainIds.png")):
@@ -211,7 +211,7 @@ def test_dark_zurich_naming_and_invalid_masks(dark_zurich, tmp_path, run_cli):
     assert r.code == 0, r.err
     plain, masked = json.loads(out.read_text()), json.loads(out_inv.read_text())
     assert plain["num_images"] == masked["num_images"] == 2
-    from nightseg.io import read_label
+    from nightseg.core.io import read_label
 
     cm = ConfusionMatrix()
     for gt_path in sorted(dark_zurich["gt"].rglob("*_gt_labelTrainIds.png")):

@@ -10,9 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from nightseg.checkpoint import save_checkpoint
-from nightseg.export import PARITY_TOLERANCE, ExportableAdaptiveAvgPool2d, export_onnx, make_exportable
-from nightseg.inference import InferenceNet, OnnxNet, Segmenter, load_inference_net
+from nightseg.core.checkpoint import save_checkpoint
+from nightseg.inference import InferenceNet, OnnxNet, Predictor, load_inference_net
+from nightseg.inference.onnx import (
+    PARITY_TOLERANCE,
+    ExportableAdaptiveAvgPool2d,
+    export_onnx,
+    make_exportable,
+)
 from nightseg.models import DCENet, build_segmenter
 
 
@@ -75,9 +80,9 @@ def test_relighting_is_part_of_the_export(tmp_path):
 def test_onnx_backend_predicts_like_torch(ckpt, onnx_file):
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (40, 64, 3), dtype=np.uint8) for _ in range(2)]
-    torch_seg = Segmenter.from_checkpoint(ckpt)
+    torch_seg = Predictor.from_checkpoint(ckpt)
     expected = torch_seg.predict_batch(images, return_probs=True)
-    for onnx_seg in (Segmenter.from_checkpoint(onnx_file[0]), Segmenter.from_checkpoint(ckpt, backend="onnx")):
+    for onnx_seg in (Predictor.from_checkpoint(onnx_file[0]), Predictor.from_checkpoint(ckpt, backend="onnx")):
         assert onnx_seg.backend == "onnx"
         for a, b in zip(expected, onnx_seg.predict_batch(images, return_probs=True)):
             torch.testing.assert_close(a.probs, b.probs, atol=1e-4, rtol=0)

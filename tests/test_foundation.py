@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from nightseg import __version__, classes
-from nightseg.checkpoint import load_checkpoint, load_state_into, save_checkpoint
-from nightseg.errors import UserError
-from nightseg.io import read_image, read_label, write_json, write_png
+from nightseg import __version__
+from nightseg.core import classes
+from nightseg.core.checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from nightseg.core.errors import UserError
+from nightseg.core.io import read_image, read_label, write_json, write_png
 
 
 def test_train_classes_match_cityscapes_table():
@@ -125,7 +126,7 @@ def test_cli_version_help_and_unknown_command(run_cli, capsys):
 
 
 def test_list_images_names_a_missing_folder_and_a_file_given_as_folder(tmp_path):
-    from nightseg.io import list_images
+    from nightseg.core.io import list_images
 
     write_png(tmp_path / "a" / "x.png", np.zeros((4, 4), np.uint8))
     assert [p.name for p in list_images(tmp_path / "a")] == ["x.png"]

@@ -1,4 +1,4 @@
-"""The `Segmenter` inference API (whole image, sliding window, TTA, batching, relighting, checkpoint errors)
+"""The `Predictor` inference API (whole image, sliding window, TTA, batching, relighting, checkpoint errors)
 and the uncertainty-aware IoU (UIoU) of the Dark Zurich benchmark."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from nightseg.checkpoint import save_checkpoint
-from nightseg.errors import UserError
+from nightseg.core.checkpoint import save_checkpoint
+from nightseg.core.errors import UserError
 from nightseg.evaluation.metrics import segmentation_scores
 from nightseg.evaluation.uncertainty import UncertaintyConfusion, invalid_histogram, uiou_scores
 from nightseg.inference import (
     TTA,
     Prediction,
-    Segmenter,
+    Predictor,
     SlidingWindow,
     blend_weight,
     load_inference_net,
@@ -49,8 +49,8 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module]:
 
 
 @pytest.fixture(scope="module")
-def seg(ckpt) -> Segmenter:
-    return Segmenter.from_checkpoint(ckpt[0], device="cpu")
+def seg(ckpt) -> Predictor:
+    return Predictor.from_checkpoint(ckpt[0], device="cpu")
 
 
 def _reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -92,7 +92,7 @@ def test_predict_matches_plain_forward(ckpt, seg):
     np.testing.assert_array_equal(pred.labels, pred.probs.argmax(0).numpy())
     np.testing.assert_allclose(pred.confidence, pred.probs.max(0).values.numpy(), atol=1e-6)
     # the same image as a path and as a [3,H,W] float tensor
-    from nightseg.io import write_png
+    from nightseg.core.io import write_png
 
     write_png(path.parent / "img.png", image)
     np.testing.assert_array_equal(seg.predict(path.parent / "img.png").labels, pred.labels)
@@ -127,15 +127,15 @@ def test_window_starts_and_weights():
 @pytest.mark.parametrize("blend", ["gaussian", "uniform"])
 def test_sliding_window_equals_whole_image_for_context_free_model(blend):
     net = Pointwise()
-    whole = Segmenter(net, 5, channels_last=False)
-    slide = Segmenter(net, 5, sliding=SlidingWindow((16, 24), (7, 11), blend), channels_last=False)
+    whole = Predictor(net, 5, channels_last=False)
+    slide = Predictor(net, 5, sliding=SlidingWindow((16, 24), (7, 11), blend), channels_last=False)
     x = torch.rand(2, 3, 37, 61)
     torch.testing.assert_close(slide.logits(x), whole.logits(x), atol=1e-5, rtol=0)
 
 
 @pytest.fixture
 def fresh(seg):
-    """The shared Segmenter, its sliding / TTA settings restored after the test."""
+    """The shared Predictor, its sliding / TTA settings restored after the test."""
     yield seg
     seg.sliding, seg.tta = None, TTA()
 
@@ -173,7 +173,7 @@ def test_tta_flip_and_scales(fresh):
     small = torch.nn.functional.interpolate(seg.logits(half), size=(40, 64), mode="bilinear", align_corners=False)
     torch.testing.assert_close(seg.probabilities(x), (plain + small.softmax(1)) / 2, atol=1e-6, rtol=0)
     # a context-free model is flip-invariant: TTA must not change it
-    point = Segmenter(Pointwise(), 5, tta=TTA(True), channels_last=False)
+    point = Predictor(Pointwise(), 5, tta=TTA(True), channels_last=False)
     torch.testing.assert_close(point.probabilities(x), point.logits(x).softmax(1), atol=1e-6, rtol=0)
 
 
@@ -185,14 +185,14 @@ def test_relighting_from_weights_and_bundled(ckpt, tmp_path):
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
         expected = _reference(model, dce(x).clamp(0, 1))[0]
-    seg = Segmenter.from_checkpoint(path, relight=weights)
+    seg = Predictor.from_checkpoint(path, relight=weights)
     torch.testing.assert_close(seg.predict(image).probs, expected, atol=1e-4, rtol=0)
     assert seg.relit(image).shape == image.shape and not np.array_equal(seg.relit(image), image)
     # a ULCA-style checkpoint bundles the relighting net (relight.* tensors + model["relight"]): used by default
     bundled = tmp_path / "ulca.safetensors"
     tensors = {**model.state_dict(), **{f"relight.{k}": v for k, v in dce.state_dict().items()}}
     save_checkpoint(bundled, tensors, {"model": {**model.config, "relight": dce.config}})
-    torch.testing.assert_close(Segmenter.from_checkpoint(bundled).predict(image).probs, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(Predictor.from_checkpoint(bundled).predict(image).probs, expected, atol=1e-4, rtol=0)
     net, _ = load_inference_net(bundled, relight=False)
     assert net.relight is None
 
@@ -203,15 +203,15 @@ def test_checkpoint_errors_name_the_file(ckpt, tmp_path):
     wrong_classes = tmp_path / "five.safetensors"
     save_checkpoint(wrong_classes, five.state_dict(), {"model": model.config})  # says 19, holds a 5-class head
     with pytest.raises(UserError, match=r"five\.safetensors.*class count"):
-        Segmenter.from_checkpoint(wrong_classes)
+        Predictor.from_checkpoint(wrong_classes)
     wrong_arch = tmp_path / "arch.safetensors"
     save_checkpoint(wrong_arch, model.state_dict(), {"model": {"name": "lraspp_mobilenetv3", "num_classes": 19}})
     with pytest.raises(UserError, match=r"arch\.safetensors.*architecture"):
-        Segmenter.from_checkpoint(wrong_arch)
+        Predictor.from_checkpoint(wrong_arch)
     with pytest.raises(UserError, match="missing.safetensors: checkpoint not found"):
-        Segmenter.from_checkpoint(tmp_path / "missing.safetensors")
+        Predictor.from_checkpoint(tmp_path / "missing.safetensors")
     with pytest.raises(UserError, match="--backend"):
-        Segmenter.from_checkpoint(path, backend="tensorrt")
+        Predictor.from_checkpoint(path, backend="tensorrt")
 
 
 def test_prediction_invalid_and_uint16():

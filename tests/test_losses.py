@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from nightseg.classes import IGNORE_INDEX, NUM_CLASSES
-from nightseg.losses import (
+from nightseg.core.classes import IGNORE_INDEX, NUM_CLASSES
+from nightseg.losses.segmentation import (
     CITYSCAPES_FREQUENCIES,
     class_frequencies,
     class_weights,

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from nightseg.data.photometric import hsv_value
 from nightseg.evaluation.exposure import (
     ExposureConfusion,
     bin_edges,
     exposure_bins,
     exposure_scores,
-    hsv_value,
 )
 from nightseg.evaluation.metrics import ConfusionMatrix, precision_recall_f1, segmentation_scores
 
@@ -335,7 +335,7 @@ def test_pixel_average_reproduces_paper_magnitudes_on_real_night_labels(realdata
     paper's NightCity-trained models) gets pixel-averaged EF1 ~ 0.9 like Table 2 (0.84-0.92), while the
     class average stays near 0.6; at mIoU ~ 0.06 (its Cityscapes-trained models, mEF1 0.28-0.61) the
     class average is far below the paper's values."""
-    from nightseg.io import read_label
+    from nightseg.core.io import read_label
 
     files = sorted((realdata / "bdd100k_night" / "night_labels_train_id").rglob("*.png"))
     assert len(files) >= 80

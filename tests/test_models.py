@@ -8,8 +8,8 @@ import pytest
 import torch
 import torchvision
 
-from nightseg.checkpoint import load_checkpoint, load_state_into, save_checkpoint
-from nightseg.errors import UserError
+from nightseg.core.checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from nightseg.core.errors import UserError
 from nightseg.models import build_segmenter, fuse_batchnorm, list_segmenters
 from nightseg.models.backbones import dilate_resnet
 

@@ -1,5 +1,5 @@
 """NightLab (seed 003): box derivation, HDM relabelling (Eq. 1-2), the merge (Sec. B), the RDN, and a tiny
-end-to-end run whose checkpoint loads in `Segmenter.from_checkpoint`."""
+end-to-end run whose checkpoint loads in `Predictor.from_checkpoint`."""
 
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def test_paste_regions_puts_logits_back_inside_the_proposal_and_averages_overlap
 
 
 def test_select_hard_classes_uses_the_threshold_on_classes_with_ground_truth():
-    from nightseg.classes import CLASS_NAMES
+    from nightseg.core.classes import CLASS_NAMES
     from nightseg.methods.nightlab import select_hard_classes
 
     per_class = {name: {"iou": 0.9, "gt_pixels": 10} for name in CLASS_NAMES}
@@ -155,8 +155,8 @@ def _overrides(root: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    from nightseg.data import synthetic
-    from nightseg.methods.nightlab import run_nightlab
+    from nightseg.pipelines.nightlab import run_nightlab
+    from nightseg.synthetic import generator as synthetic
 
     root = tmp_path_factory.mktemp("nightlab")
     counts = {"train": 0, "val": 0, "pairs": 0, "night_val": 2, "night_train": 4, "nightcity_val": 2}
@@ -166,7 +166,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 
 def test_tiny_pipeline_writes_every_stage_and_resumes(pipeline, caplog):
-    from nightseg.methods.nightlab import run_nightlab
+    from nightseg.pipelines.nightlab import run_nightlab
 
     root, summary = pipeline
     run = root / "run"
@@ -178,7 +178,7 @@ def test_tiny_pipeline_writes_every_stage_and_resumes(pipeline, caplog):
     assert 0 <= summary["hdm"]["kept"] <= summary["hdm"]["positive"] and summary["hdm"]["positive"] > 0
     # HDM on the default split (the hard-class split, NightCity val): 2 val images, recorded, and warned about
     assert summary["hdm"]["hdm_split"] == "nightcity NightCity val"
-    from nightseg.checkpoint import load_checkpoint
+    from nightseg.core.checkpoint import load_checkpoint
 
     assert load_checkpoint(run / "hdm_labels.safetensors")[0]["labels"].shape[0] == 2
     stamp = (run / "rdn.safetensors").stat().st_mtime_ns
@@ -190,9 +190,9 @@ def test_tiny_pipeline_writes_every_stage_and_resumes(pipeline, caplog):
 
 
 def test_hdm_split_option_moves_the_hdm_labels_and_refuses_stale_outputs(pipeline, tmp_path, caplog):
-    from nightseg.checkpoint import load_checkpoint
-    from nightseg.errors import UserError
-    from nightseg.methods.nightlab import run_nightlab
+    from nightseg.core.checkpoint import load_checkpoint
+    from nightseg.core.errors import UserError
+    from nightseg.pipelines.nightlab import run_nightlab
 
     root, _ = pipeline
     run = tmp_path / "run"
@@ -216,9 +216,9 @@ def test_hdm_split_option_moves_the_hdm_labels_and_refuses_stale_outputs(pipelin
 
 
 def test_nightlab_checkpoint_loads_in_segmenter_and_merges(pipeline, run_cli, tmp_path):
-    from nightseg.checkpoint import load_checkpoint
-    from nightseg.inference import Segmenter, load_inference_net
-    from nightseg.io import list_images, read_image, read_label
+    from nightseg.core.checkpoint import load_checkpoint
+    from nightseg.core.io import list_images, read_image, read_label
+    from nightseg.inference import Predictor, load_inference_net
 
     root, summary = pipeline
     ckpt = Path(summary["nightlab"])
@@ -238,12 +238,12 @@ def test_nightlab_checkpoint_loads_in_segmenter_and_merges(pipeline, run_cli, tm
     assert bool(same[~details["covered"]].all())
     replaced = details["covered"] & torch.isin(logits.argmax(1), torch.tensor(nightlab.hard_classes)) & ~same
     assert bool((same | replaced).all())
-    segmenter = Segmenter.from_checkpoint(ckpt)
+    segmenter = Predictor.from_checkpoint(ckpt)
     pred = segmenter.predict(image_path)
     assert pred.labels.shape == x.shape[-2:] and pred.labels.max() < 19
     expected = logits.argmax(1)[0].numpy()  # BatchNorm folding changes logits only by rounding
     assert (pred.labels == expected).mean() > 0.98
-    # `nightseg predict` (the CLI) writes the same label maps as Segmenter.predict
+    # `nightseg predict` (the CLI) writes the same label maps as Predictor.predict
     images = list_images(root / "data" / "dark_zurich" / "rgb_anon" / "val")
     out = tmp_path / "pred"
     res = run_cli("predict", ckpt, root / "data" / "dark_zurich" / "rgb_anon" / "val", "--out", out,

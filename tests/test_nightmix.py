@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nightseg.classes import class_index, hard_classes
+from nightseg.core.classes import class_index, hard_classes
 from nightseg.methods.nightmix import class_mask, match_size, nightmix, select_classes
 
 ROAD, SIDEWALK, BUILDING, SKY, CAR = 0, 1, 2, 10, 13

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from nightseg.checkpoint import save_checkpoint
-from nightseg.classes import PALETTE
-from nightseg.io import read_image, read_label, write_png
+from nightseg.core.checkpoint import save_checkpoint
+from nightseg.core.classes import PALETTE
+from nightseg.core.io import read_image, read_label, write_png
 from nightseg.models import build_segmenter
 
 H, W = 40, 64
@@ -106,13 +106,13 @@ def test_predict_rejects_mismatched_checkpoint(ckpt, inputs, tmp_path, run_cli):
 
 
 def test_predict_sliding_tta_options_match_the_api(ckpt, inputs, tmp_path, run_cli):
-    from nightseg.inference import TTA, Segmenter, SlidingWindow
+    from nightseg.inference import TTA, Predictor, SlidingWindow
 
     out = tmp_path / "out"
     r = run_cli("predict", ckpt, inputs / "a.png", "--out", out, "--outputs", "labels", "--sliding",
                 "--window", "32x48", "--stride", "16x24", "--blend", "uniform", "--tta", "flip")
     assert r.code == 0, r.err
-    seg = Segmenter.from_checkpoint(ckpt, sliding=SlidingWindow((32, 48), (16, 24), "uniform"), tta=TTA(True))
+    seg = Predictor.from_checkpoint(ckpt, sliding=SlidingWindow((32, 48), (16, 24), "uniform"), tta=TTA(True))
     np.testing.assert_array_equal(read_label(out / "a_labelTrainIds.png"), seg.predict(inputs / "a.png").labels)
     r = run_cli("predict", ckpt, inputs, "--out", out, "--window", "32")
     assert r.code == 2 and "--sliding" in r.err
@@ -158,7 +158,7 @@ def test_predict_video_with_overlay_and_resume(ckpt, tmp_path, run_cli):
 # --------------------------------------------------------------------------------------------- evaluate
 @pytest.fixture(scope="module")
 def dark_zurich(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from nightseg.data import synthetic
+    from nightseg.synthetic import generator as synthetic
 
     root = tmp_path_factory.mktemp("synth")
     counts = {"train": 0, "val": 0, "pairs": 0, "night_val": 3, "night_train": 0, "nightcity_val": 0}

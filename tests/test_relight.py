@@ -10,18 +10,18 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from nightseg.checkpoint import save_checkpoint
-from nightseg.errors import UserError
-from nightseg.io import read_image, write_png
-from nightseg.models import DCENet, build_segmenter
-from nightseg.models.relight import apply_curves, load_dce_weights, relight_image, save_dce_weights
-from nightseg.models.relight_losses import (
+from nightseg.core.checkpoint import save_checkpoint
+from nightseg.core.errors import UserError
+from nightseg.core.io import read_image, write_png
+from nightseg.losses.zero_reference import (
     color_constancy_loss,
     exposure_control_loss,
     illumination_smoothness_loss,
     spatial_consistency_loss,
     zero_reference_loss,
 )
+from nightseg.models import DCENet, build_segmenter
+from nightseg.models.relight import apply_curves, load_dce_weights, relight, save_dce_weights
 
 NIGHT = "dark_zurich_pair/GP010375_frame_000036_rgb.png"
 OFFICIAL = "zero_dce/Epoch99.pth"
@@ -60,7 +60,7 @@ def test_official_weights_parity_on_real_night_crop(realdata):
         reference = _independent_zero_dce(state, x)
     assert (ours - reference).abs().max().item() < 1e-5
     assert ours.mean() > x.mean() + 0.1  # the official network brightens a night image
-    relit = relight_image(model, image)
+    relit = relight(model, image)
     assert relit.shape == image.shape and relit.dtype == np.uint8
     expected = (reference.clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
     assert np.abs(relit.astype(int) - expected.astype(int)).max() <= 1
@@ -214,7 +214,7 @@ def test_cli_apply_files_folders_globs(night_folder, tmp_path, run_cli):
         "sub/n2.png",
     ]
     model = load_dce_weights(weights)
-    expected = relight_image(model, read_image(night_folder / "n0.png"))
+    expected = relight(model, read_image(night_folder / "n0.png"))
     assert np.array_equal(read_image(out / "n0.png"), expected)
 
     out2 = tmp_path / "out2"
@@ -266,7 +266,7 @@ def test_official_weights_are_downloaded_once_checked_and_cached(realdata, tmp_p
     import hashlib
     import shutil
 
-    from nightseg.models import relight
+    from nightseg.models import relight as zero_dce
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     calls = []
@@ -284,9 +284,9 @@ def test_official_weights_are_downloaded_once_checked_and_cached(realdata, tmp_p
     assert calls[0][1] == hashlib.sha256((realdata / OFFICIAL).read_bytes()).hexdigest()
     cached = tmp_path / "hub" / "checkpoints" / "zero_dce_Epoch99.pth"
     assert sorted(p.name for p in cached.parent.iterdir()) == [cached.name]
-    expected = relight_image(load_dce_weights(realdata / OFFICIAL), read_image(night_folder / "n0.png"))
+    expected = relight(load_dce_weights(realdata / OFFICIAL), read_image(night_folder / "n0.png"))
     assert np.array_equal(read_image(out / "n0.png"), expected)
-    assert relight.load_dce_weights("official").e_conv1.weight.equal(load_dce_weights(cached).e_conv1.weight)
+    assert zero_dce.load_dce_weights("official").e_conv1.weight.equal(load_dce_weights(cached).e_conv1.weight)
 
 
 def test_official_weights_offline_gives_a_clear_error(tmp_path, night_folder, run_cli, monkeypatch):

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nightseg.classes import TRAIN_ID_TO_LABEL_ID
-from nightseg.errors import UserError
+from nightseg.core.classes import TRAIN_ID_TO_LABEL_ID
+from nightseg.core.errors import UserError
+from nightseg.core.io import write_png
 from nightseg.evaluation import submission
 from nightseg.evaluation.folder_eval import scene_stem
 from nightseg.evaluation.submission import expected_images, pack_submission, verify_archive
-from nightseg.io import write_png
 
 SMALL = (18, 32)
 ACDC_SMALL_COUNT = 2  # test images per ACDC condition under the `small` fixture (the real 500 is checked separately)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nightseg.classes import LABEL_ID_TO_TRAIN_ID, NUM_CLASSES, VALID_LABEL_IDS
-from nightseg.data.synthetic import PRESETS, generate, make_sample, pair_csv_row, resolve_config
-from nightseg.errors import UserError
+from nightseg.core.classes import LABEL_ID_TO_TRAIN_ID, NUM_CLASSES, VALID_LABEL_IDS
+from nightseg.core.errors import UserError
+from nightseg.synthetic.generator import PRESETS, generate, make_sample, pair_csv_row, resolve_config
 
 SIZE = "48x96"
 COUNTS = ("--num-train", "3", "--num-val", "2", "--num-pairs", "3", "--num-night-val", "2", "--num-night-train", "2",
@@ -309,7 +309,7 @@ def test_no_object_class_is_identifiable_by_colour_alone():
         f = make_sample("val", i, seed=0, size=(64, 128)).frame
         conf = conf + cb.confusion(f.train_ids.ravel(), lookup.predict(f.image.reshape(-1, 3)))
     ious, miou = cb.iou(conf)
-    from nightseg.classes import CLASS_NAMES
+    from nightseg.core.classes import CLASS_NAMES
 
     by_colour = {CLASS_NAMES[k]: round(v) for k, v in enumerate(ious) if v == v and v >= 50}
     assert set(by_colour) <= {"road", "vegetation", "sky"}, by_colour

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from nightseg.checkpoint import load_checkpoint, save_checkpoint
-from nightseg.io import read_image, read_label
+from nightseg.core.checkpoint import load_checkpoint, save_checkpoint
+from nightseg.core.io import read_image, read_label
 from nightseg.models.translator import ImagePool, PatchDiscriminator, ResnetGenerator, load_translator
-from nightseg.translation import (
+from nightseg.pipelines.translation import (
     TranslatorSettings,
     cycle_loss,
     discriminator_loss,
@@ -99,7 +99,7 @@ def test_image_pool_is_deterministic_and_restorable():
 # --------------------------------------------------------------------------------------------- training
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from nightseg.data import synthetic
+    from nightseg.synthetic import generator as synthetic
 
     root = tmp_path_factory.mktemp("synth")
     synthetic.generate(root, preset="tiny", size=SIZE, seed=0, progress=False)
@@ -107,14 +107,14 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _day_night(data: Path) -> tuple[list[Path], list[Path]]:
-    from nightseg.io import list_images
+    from nightseg.core.io import list_images
 
     return (list_images(data / "cityscapes" / "leftImg8bit" / "train"),
             list_images(data / "dark_zurich" / "rgb_anon" / "train" / "night"))
 
 
 def test_resumed_training_equals_uninterrupted(data, tmp_path, monkeypatch):
-    import nightseg.translation as tr
+    import nightseg.pipelines.translation as tr
 
     torch.set_num_threads(1)
     day, night = _day_night(data)
@@ -238,7 +238,7 @@ def test_dataset_interrupted_run_resumes_and_writes_only_what_is_missing(transla
                                                                          run_cli):
     import json
 
-    import nightseg.translation as tr
+    import nightseg.pipelines.translation as tr
 
     src, out = data / "cityscapes", tmp_path / "mix"
     real_translate, calls = tr.translate_array, []
@@ -308,7 +308,7 @@ def test_dataset_dark_zurich_layout_night2day(translator, data, tmp_path, run_cl
 
 
 def test_predict_night2day_translates_before_segmenting(translator, data, tmp_path, run_cli):
-    from nightseg.inference import Segmenter
+    from nightseg.inference import Predictor
     from nightseg.models import build_segmenter
 
     torch.manual_seed(0)
@@ -321,7 +321,7 @@ def test_predict_night2day_translates_before_segmenting(translator, data, tmp_pa
     got = read_label(tmp_path / "pred" / f"{src.stem}_labelTrainIds.png")
     image = read_image(src)
     day = translate_array(load_translator(translator, "night2day"), image)
-    seg = Segmenter.from_checkpoint(ckpt, night2day=translator)
+    seg = Predictor.from_checkpoint(ckpt, night2day=translator)
     assert np.abs(seg.relit(image).astype(int) - day.astype(int)).max() <= 1  # the generator runs first
     with torch.no_grad():
         x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255

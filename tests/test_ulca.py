@@ -15,14 +15,14 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from nightseg.checkpoint import load_checkpoint, load_state_into, save_checkpoint
-from nightseg.classes import IGNORE_INDEX
-from nightseg.config import config_from_dict, load_config
-from nightseg.errors import UserError
-from nightseg.losses import class_weights
-from nightseg.methods.ulca import ULCA, relight_images, split_relight
+from nightseg.core.checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from nightseg.core.classes import IGNORE_INDEX
+from nightseg.core.config import config_from_dict, load_config
+from nightseg.core.errors import UserError
+from nightseg.losses.segmentation import class_weights
+from nightseg.methods.ulca import ULCA
 from nightseg.models import DCENet, build_segmenter
-from nightseg.models.relight import load_dce_weights, save_dce_weights
+from nightseg.models.relight import load_dce_weights, relight, save_dce_weights, split_relight
 
 REPO = Path(__file__).resolve().parents[1]
 SRC_HW = (32, 64)
@@ -235,7 +235,7 @@ def test_predict_relights_then_applies_test_policy(tmp_path, relight_weights):
     module = ULCA(make_cfg(tmp_path, relight_weights, {"cross_attention": {"test_policy": "self"}}))
     module.eval()
     x = torch.rand(2, 3, *SRC_HW) * 0.3
-    relit = relight_images(load_dce_weights(relight_weights), x)
+    relit = relight(load_dce_weights(relight_weights), x)
     assert not torch.allclose(relit, x)
     with torch.no_grad():
         module.model.attention.alpha.fill_(0.5)

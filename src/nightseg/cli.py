@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from nightseg import __version__
-from nightseg.errors import UserError
+from nightseg.core.errors import TrainingInterrupted, UserError
 
 # command name -> module under nightseg.commands; one line per command.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -93,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {os_error_message(exc)}", file=sys.stderr)
         return UserError.exit_code
+    except TrainingInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return TrainingInterrupted.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

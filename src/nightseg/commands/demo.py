@@ -21,7 +21,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; 0 on success."""
-    from nightseg.demo import run_demo
+    from nightseg.pipelines.demo import run_demo
 
     run_demo(args.out, quick=args.quick, seed=args.seed)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from nightseg.classes import NUM_CLASSES
+from nightseg.core.classes import NUM_CLASSES
 
 log = logging.getLogger("nightseg")
 
@@ -57,9 +57,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table, write the JSON; return 0."""
-    from nightseg.errors import UserError
+    from nightseg.core.errors import UserError
+    from nightseg.core.io import write_json
     from nightseg.evaluation.folder_eval import evaluate_folder, format_report
-    from nightseg.io import write_json
 
     if args.num_classes < 1 or args.num_classes > 254:
         raise UserError(f"--num-classes {args.num_classes}: expected 1..254")

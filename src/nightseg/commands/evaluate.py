@@ -15,18 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm import tqdm
-
-from nightseg.classes import NUM_CLASSES
-from nightseg.commands.predict import add_inference_options, build_segmenter_from_args
-from nightseg.errors import UserError
-from nightseg.evaluation.exposure import DEFAULT_AVERAGE, ExposureConfusion, exposure_scores
-from nightseg.evaluation.folder_eval import _json_safe, _prefetch
-from nightseg.evaluation.metrics import AVERAGES, segmentation_scores
+from nightseg.commands.inference_options import add_inference_options, predictor_from_args
+from nightseg.core.errors import UserError
+from nightseg.evaluation.exposure import DEFAULT_AVERAGE
+from nightseg.evaluation.metrics import AVERAGES
 from nightseg.evaluation.report import write_report
-from nightseg.evaluation.uncertainty import UncertaintyConfusion
-from nightseg.inference import Segmenter
+from nightseg.pipelines.evaluate import evaluate_dataset
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -43,81 +37,6 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-def evaluate_dataset(
-    segmenter: Segmenter,
-    dataset: Any,
-    invalid_threshold: float = 0.5,
-    average: str = DEFAULT_AVERAGE,
-    limit: int | None = None,
-    skip_bad: bool = False,
-    workers: int = 2,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Return the JSON-safe scores of `segmenter` on a `nightseg.data` dataset (see the module docstring).
-
-    Keys: the `segmentation_scores` keys over all labelled pixels, ``exposure`` (`exposure_scores`),
-    ``confusion_matrix``, ``num_images``, ``skipped`` and, with invalid masks, ``uncertainty``:
-    ``{"threshold", "mUIoU", "average_mUIoU", "mIoU_valid", "invalid_share", "per_class", "curve"}``.
-    """
-    from nightseg.data.common import to_contract
-
-    if segmenter.num_classes != NUM_CLASSES:
-        raise UserError(f"the model predicts {segmenter.num_classes} classes; {type(dataset).__name__} is scored on the "
-                        f"{NUM_CLASSES} Cityscapes classes")
-    if not getattr(dataset, "listing", None) or not dataset.listing.labelled:
-        raise UserError(f"{getattr(dataset, 'root', dataset)}: this split has no labels to score against")
-    count = len(dataset) if limit is None else min(limit, len(dataset))
-    exposure = ExposureConfusion(NUM_CLASSES)
-    uncertainty = UncertaintyConfusion(NUM_CLASSES)
-    has_invalid = False
-    skipped: list[str] = []
-
-    def load(index: int) -> tuple[dict[str, Any] | None, UserError | None]:
-        try:
-            return to_contract(dataset.apply_transform(dataset.load(index))), None
-        except UserError as exc:
-            return None, exc
-
-    for sample, error in tqdm(_prefetch(load, range(count), workers), total=count, desc="evaluate", unit="img",
-                              disable=None if progress else True, dynamic_ncols=True):
-        if error is not None:
-            if not skip_bad:
-                raise error
-            skipped.append(str(error))
-            continue
-        assert sample is not None
-        pred = segmenter.predict_batch([sample["image"]], return_confidence=True)[0]
-        labels = torch.from_numpy(pred.labels)
-        target = sample["label"]
-        exposure.update(labels, target, sample["image"])
-        if "invalid" in sample:
-            has_invalid = True
-            uncertainty.update(labels, target, sample["invalid"], torch.from_numpy(pred.confidence))
-    processed = count - len(skipped)
-    if processed == 0:
-        raise UserError(f"{getattr(dataset, 'root', '')}: no sample could be scored")
-    total = exposure.total()
-    results: dict[str, Any] = {"num_images": processed, "skipped": len(skipped)}
-    results.update(segmentation_scores(total))
-    results["exposure"] = exposure_scores(exposure, average)  # type: ignore[arg-type]
-    results["confusion_matrix"] = total.counts.tolist()
-    if has_invalid:
-        at = uncertainty.scores(invalid_threshold)
-        valid_only = segmentation_scores(uncertainty.counts_at(0.0)[0])
-        results["uncertainty"] = {
-            "threshold": invalid_threshold,
-            "mUIoU": at["mUIoU"],
-            "average_mUIoU": uncertainty.average_uiou(),
-            "mIoU_valid": valid_only["mIoU"],
-            "invalid_share": at["invalid_share"],
-            "true_invalid": at["true_invalid"],
-            "false_invalid": at["false_invalid"],
-            "per_class": at["per_class"],
-            "curve": uncertainty.curve(),
-        }
-    return _json_safe(results)
-
-
 def _grid_threshold(value: float) -> float:
     if not 0.0 <= value < 1.0 or abs(value * 100 - round(value * 100)) > 1e-9:
         raise UserError(f"--invalid-threshold {value}: evaluate scores thresholds 0, 0.01, ..., 0.99")
@@ -132,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be at least 1")
     dataset = build_dataset(args.dataset, args.root, args.split, skip_bad=args.skip_bad)
-    segmenter = build_segmenter_from_args(args)
+    segmenter = predictor_from_args(args)
     start = time.perf_counter()
     results = evaluate_dataset(segmenter, dataset, threshold, args.ef1_average, args.limit, args.skip_bad, args.workers)
     settings = {"backend": segmenter.backend, "sliding": args.sliding, "tta": args.tta or "none",

@@ -4,7 +4,7 @@ The file holds the relighting step (when the checkpoint bundles one, or with ``-
 segmenter; input ``image`` [B,3,H,W] RGB in [0,1], output ``logits`` [B,C,H,W], height and width dynamic.
 After writing, onnxruntime's outputs are compared with PyTorch's (max abs difference must be <= 1e-4).
 ``nightseg predict F.onnx ...`` and ``--backend onnx`` run it. NightLab checkpoints are refused with a
-one-line error (exit 2): their region proposals are data-dependent (`nightseg.export.check_exportable`).
+one-line error (exit 2): their region proposals are data-dependent (`nightseg.inference.onnx.check_exportable`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from nightseg.errors import UserError
-from nightseg.export import DEFAULT_OPSET, export_onnx
+from nightseg.core.errors import UserError
 from nightseg.inference import load_inference_net, parse_size
+from nightseg.inference.onnx import DEFAULT_OPSET, export_onnx
 
 FORMATS = ("onnx",)
 

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 def run(args: argparse.Namespace) -> int:
     """Run the pipeline and print its summary; 0 on success."""
-    from nightseg.methods.nightlab import run_nightlab
+    from nightseg.pipelines.nightlab import run_nightlab
 
     summary = run_nightlab(args.config, list(args.overrides), args.out)
     print(json.dumps(summary, indent=2))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 
-from nightseg.data.synthetic import PRESETS, SPLITS, generate
-from nightseg.errors import UserError
+from nightseg.core.errors import UserError
+from nightseg.synthetic.generator import PRESETS, SPLITS, generate
 
 _HELP = {
     "train": "Cityscapes-layout labelled day train scenes",

@@ -1,4 +1,4 @@
-"""`nightseg train`: train a model from a YAML recipe (see `nightseg.config` and `nightseg.engine`)."""
+"""`nightseg train`: train a model from a YAML recipe (see `nightseg.core.config` and `nightseg.engine`)."""
 
 from __future__ import annotations
 
@@ -44,9 +44,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 def run(args: argparse.Namespace) -> int:
     """Train; return 0 when finished, 130 when stopped early by SIGTERM/Ctrl-C (state saved)."""
-    from nightseg.config import load_config
+    from nightseg.core.config import load_config
+    from nightseg.core.errors import UserError
     from nightseg.engine import env_rank, train
-    from nightseg.errors import UserError
 
     if args.config is None:
         if not (args.resume and args.out):

@@ -15,7 +15,7 @@ with a share ``--ratio`` of its images translated and the labels unchanged, same
 loader reads the copy: ``--layout cityscapes`` (default; day->night, split train: seed 004, method 2) or
 ``--layout dark_zurich`` (night->day of ``rgb_anon/<split>/<condition>``, split val, ``gt/`` copied).
 A rerun writes only the missing files (an interrupted run's rest, or deleted outputs). See
-`nightseg.translation`.
+`nightseg.pipelines.translation`.
 """
 
 from __future__ import annotations
@@ -27,12 +27,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from nightseg.commands.relight import expand_inputs
-from nightseg.errors import UserError
+from nightseg.core.errors import UserError
+from nightseg.core.io import IMAGE_SUFFIXES, expand_image_inputs, list_images, read_image, write_png
 from nightseg.inference import parse_size
-from nightseg.io import IMAGE_SUFFIXES, list_images, read_image, write_png
 from nightseg.models.translator import DIRECTIONS, load_translator
-from nightseg.translation import (
+from nightseg.pipelines.translation import (
     LAYOUTS,
     TranslatorSettings,
     train_translator,
@@ -122,7 +121,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_apply(args: argparse.Namespace) -> int:
     """`nightseg translate apply`: one translated PNG per input image under --out."""
-    pairs = expand_inputs(args.inputs)
+    pairs = expand_image_inputs(args.inputs)
     net = load_translator(args.checkpoint, args.direction)
     todo = [(s, r) for s, r in pairs if args.overwrite or not (args.out / r).is_file()]
     for src, rel in tqdm(todo, desc=args.direction, unit="img", dynamic_ncols=True, disable=len(todo) < 2):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from nightseg.core.errors import UserError
 from nightseg.data.acdc import ACDC
 from nightseg.data.bdd100k import BDD100K
 from nightseg.data.cityscapes import Cityscapes
@@ -31,7 +32,6 @@ from nightseg.data.transforms import (
     preset_transform,
     train_transform,
 )
-from nightseg.errors import UserError
 
 DATASETS: dict[str, type[SegmentationDataset]] = {
     "cityscapes": Cityscapes,

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nightseg.core.errors import UserError
 from nightseg.data.common import Listing, SegmentationDataset, files_with_suffix, match_files, require_dir
-from nightseg.errors import UserError
 
 CONDITIONS = ("fog", "night", "rain", "snow")
 IMAGE_SUFFIX = "_rgb_anon.png"

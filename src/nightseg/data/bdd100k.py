@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from nightseg.core.errors import UserError
 from nightseg.data.common import (
     Listing,
     SegmentationDataset,
@@ -25,7 +26,6 @@ from nightseg.data.common import (
     read_lines,
     require_dir,
 )
-from nightseg.errors import UserError
 
 LAYOUTS = {  # name: (image folder, image suffix, label folder, label suffix)
     "10k": ("images/10k", ".jpg", "labels/sem_seg/masks", ".png"),

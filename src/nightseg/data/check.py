@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from nightseg.core.errors import UserError
 from nightseg.data import DATASETS, dataset_class
 from nightseg.data.common import Listing, Record, class_share_summary, read_record
-from nightseg.errors import UserError
 
 SELECTION_FLAGS: dict[str, str] = {
     "night_list": "--night-list",

@@ -24,9 +24,15 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from nightseg.classes import CLASS_NAMES, IGNORE_INDEX, LABEL_ID_TO_TRAIN_ID, NUM_CLASSES, VALID_LABEL_IDS
-from nightseg.errors import UserError
-from nightseg.io import read_image, read_label
+from nightseg.core.classes import (
+    CLASS_NAMES,
+    IGNORE_INDEX,
+    LABEL_ID_TO_TRAIN_ID,
+    NUM_CLASSES,
+    VALID_LABEL_IDS,
+)
+from nightseg.core.errors import UserError
+from nightseg.core.io import read_image, read_label
 
 log = logging.getLogger("nightseg.data")
 

@@ -17,6 +17,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from nightseg.core.errors import UserError
 from nightseg.data.common import (
     Listing,
     Record,
@@ -25,7 +26,6 @@ from nightseg.data.common import (
     match_files,
     require_dir,
 )
-from nightseg.errors import UserError
 
 IMAGE_SUFFIX = "_rgb_anon.png"
 LABEL_SUFFIX = "_gt_labelTrainIds.png"

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from nightseg.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from nightseg.core.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from nightseg.core.errors import UserError
 from nightseg.data.common import (
     TRAIN_IDS,
     LabelMap,
@@ -36,7 +37,6 @@ from nightseg.data.common import (
     match_files,
     require_dir,
 )
-from nightseg.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAPPING_FILES = ("classes.yaml", "classes.yml", "classes.json")

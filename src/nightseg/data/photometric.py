@@ -153,3 +153,18 @@ def strong_augment(x: torch.Tensor, generator: torch.Generator | None = None,
     xb, single = _as_batch(x)
     out = apply_strong(xb, sample_strong_params(xb.shape[0], g, config), g)
     return out[0] if single else out
+
+
+def hsv_value(image: torch.Tensor) -> torch.Tensor:
+    """Return the HSV value ``V = max(R, G, B)`` of ``[..., 3, H, W]`` images as float32 in [0, 1] (seed 001, Sec. 3).
+
+    uint8 images are divided by 255; floating-point images are taken to be in [0, 1] already.
+    """
+    if image.ndim < 3 or image.shape[-3] != 3:
+        raise ValueError(f"expected images [..., 3, H, W], got shape {tuple(image.shape)}")
+    value = image.amax(dim=-3)
+    if value.dtype == torch.uint8:
+        return value.to(torch.float32) / 255.0
+    if not value.is_floating_point():
+        raise TypeError(f"images must be uint8 or floating point in [0, 1], got dtype {image.dtype}")
+    return value.to(torch.float32)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from nightseg.classes import NUM_CLASSES
+from nightseg.core.classes import NUM_CLASSES
 from nightseg.evaluation.metrics import (
     AVERAGES,
     Average,
@@ -32,21 +32,6 @@ from nightseg.evaluation.metrics import (
 
 NUM_EXPOSURE_BINS = 10
 DEFAULT_AVERAGE: Average = "pixel"
-
-
-def hsv_value(image: torch.Tensor) -> torch.Tensor:
-    """Return the HSV value ``V = max(R, G, B)`` of ``[..., 3, H, W]`` images as float32 in [0, 1] (seed 001, Sec. 3).
-
-    uint8 images are divided by 255; floating-point images are taken to be in [0, 1] already.
-    """
-    if image.ndim < 3 or image.shape[-3] != 3:
-        raise ValueError(f"expected images [..., 3, H, W], got shape {tuple(image.shape)}")
-    value = image.amax(dim=-3)
-    if value.dtype == torch.uint8:
-        return value.to(torch.float32) / 255.0
-    if not value.is_floating_point():
-        raise TypeError(f"images must be uint8 or floating point in [0, 1], got dtype {image.dtype}")
-    return value.to(torch.float32)
 
 
 def exposure_bins(image: torch.Tensor, num_bins: int = NUM_EXPOSURE_BINS) -> torch.Tensor:

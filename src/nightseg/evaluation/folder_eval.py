@@ -14,11 +14,7 @@ never used.
 
 from __future__ import annotations
 
-import math
 import os
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,11 +23,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nightseg.classes import IGNORE_INDEX, LABEL_ID_TO_TRAIN_ID, NUM_CLASSES, VALID_LABEL_IDS
-from nightseg.errors import UserError
+from nightseg.core.classes import IGNORE_INDEX, LABEL_ID_TO_TRAIN_ID, NUM_CLASSES, VALID_LABEL_IDS
+from nightseg.core.errors import UserError
+from nightseg.core.io import json_safe, list_images, prefetch, read_image, read_label
 from nightseg.evaluation.exposure import DEFAULT_AVERAGE, ExposureConfusion, exposure_scores
 from nightseg.evaluation.metrics import AVERAGES, ConfusionMatrix, segmentation_scores
-from nightseg.io import list_images, read_image, read_label
 
 FORMATS = ("trainIds", "labelIds")
 
@@ -224,21 +220,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _prefetch(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
-    """Yield ``fn(item)`` in order, computing up to ``2 * workers`` items ahead in threads."""
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque[Future[R]] = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
 def evaluate_folder(
     pred_dir: str | os.PathLike,
     gt_dir: str | os.PathLike,
@@ -272,7 +253,7 @@ def evaluate_folder(
     else:
         acc = ConfusionMatrix(num_classes)
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    loaded = _prefetch(lambda p: _load(p, gt_format, pred_format, num_classes), pairs, workers)
+    loaded = prefetch(lambda p: _load(p, gt_format, pred_format, num_classes), pairs, workers)
     for item in tqdm(loaded, total=len(pairs), desc="eval", unit="img", disable=None if progress else True):
         pred, gt = torch.from_numpy(item.pred), torch.from_numpy(item.gt)
         invalid = torch.from_numpy(item.invalid) if item.invalid is not None else None
@@ -296,18 +277,7 @@ def evaluate_folder(
     if isinstance(acc, ExposureConfusion):
         results["exposure"] = exposure_scores(acc, average)  # type: ignore[arg-type]
     results["confusion_matrix"] = cm.counts.tolist()
-    return _json_safe(results)
-
-
-def _json_safe(obj: Any) -> Any:
-    """Replace NaN / inf floats by None, recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
+    return json_safe(results)
 
 
 def _fmt(x: float | None, width: int = 7) -> str:

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import torch
 
-from nightseg.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from nightseg.core.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 
 Average = Literal["pixel", "class"]
 AVERAGES: tuple[str, ...] = ("pixel", "class")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from nightseg.io import atomic_path, write_json
+from nightseg.core.io import atomic_path, write_json
 
 
 def _pct(x: float | None) -> str:

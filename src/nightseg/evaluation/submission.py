@@ -39,10 +39,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from nightseg.classes import IGNORE_INDEX, NUM_CLASSES, VALID_LABEL_IDS, train_ids_to_label_ids
-from nightseg.errors import UserError
+from nightseg.core.classes import IGNORE_INDEX, NUM_CLASSES, VALID_LABEL_IDS, train_ids_to_label_ids
+from nightseg.core.errors import UserError
+from nightseg.core.io import atomic_path
 from nightseg.evaluation.folder_eval import scene_stem
-from nightseg.io import atomic_path
 
 BENCHMARKS = ("dark_zurich", "acdc", "cityscapes")
 UNCERTAINTY_FOLDERS = ("labelTrainIds", "labelTrainIds_invalid", "confidence")

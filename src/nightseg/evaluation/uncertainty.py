@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from nightseg.classes import NUM_CLASSES
+from nightseg.core.classes import NUM_CLASSES
 from nightseg.evaluation.metrics import (
     _all_reduce_sum,
     _check_num_classes,

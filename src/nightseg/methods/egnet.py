@@ -24,9 +24,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nightseg.config import Config
-from nightseg.engine import masked_label
-from nightseg.errors import UserError
+from nightseg.core.config import Config
+from nightseg.core.errors import UserError
+from nightseg.methods.base import masked_label
 from nightseg.methods.supervised import Supervised
 from nightseg.models.egnet import EGNet, exposure_map
 

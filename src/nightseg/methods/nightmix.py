@@ -1,7 +1,7 @@
 """NightMix (seed 000, Section 3.1, Fig. 2): ClassMix between a labelled day image and a night image.
 
 From the source label L_A take the classes present, remove the easy ones (road, vegetation, sky by
-default: `nightseg.classes.hard_classes`), pick a random half of the remaining hard classes and build the
+default: `nightseg.core.classes.hard_classes`), pick a random half of the remaining hard classes and build the
 binary mask M of their pixels. Then (Eq. 1's inputs)
 
     X_A = M * A + (1 - M) * B_n          Y_A = M * L_A + (1 - M) * S~_Bn
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from nightseg.classes import hard_classes
+from nightseg.core.classes import hard_classes
 
 
 def select_classes(
@@ -67,7 +67,7 @@ def nightmix(
 
     `source_image`/`source_label` are A and L_A, `night_image`/`night_label` are B_n and S~_Bn, all the same
     spatial size (see `match_size`). `candidates` are the hard classes (default
-    `nightseg.classes.hard_classes()`); a random half of those present in each L_A form M.
+    `nightseg.core.classes.hard_classes()`); a random half of those present in each L_A form M.
     """
     if source_image.shape[-2:] != night_image.shape[-2:] or source_label.shape != night_label.shape:
         raise ValueError(

@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from nightseg.classes import IGNORE_INDEX, STATIC_CLASSES
+from nightseg.core.classes import IGNORE_INDEX, STATIC_CLASSES
 
 FusionMode = Literal["dannet", "day", "night"]
 

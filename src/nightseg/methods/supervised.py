@@ -9,7 +9,7 @@ as ``train/ce_source`` and ``train/ce_target``. Both streams need the same crop 
 (``crop``, or ``out_size`` where set).
 
 Optional class weights: a list of ``num_classes`` numbers, or ``inverse`` (seed 000, Eq. 5) /
-``dannet_log`` (DANNet) computed from the Cityscapes class frequencies (`nightseg.losses`); the
+``dannet_log`` (DANNet) computed from the Cityscapes class frequencies (`nightseg.losses.segmentation`); the
 weighted cross-entropy is normalised by the summed pixel weights (PyTorch's convention).
 
 ``method.init_checkpoint`` starts from the segmenter weights of a NightSeg checkpoint (e.g. fine-tune a
@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
-from nightseg.checkpoint import load_segmenter_weights
-from nightseg.config import Config
-from nightseg.engine import SegmentationModule, masked_label
-from nightseg.errors import UserError
-from nightseg.losses import CITYSCAPES_FREQUENCIES, class_weights, weighted_cross_entropy
+from nightseg.core.checkpoint import load_segmenter_weights
+from nightseg.core.config import Config
+from nightseg.core.errors import UserError
+from nightseg.losses.segmentation import CITYSCAPES_FREQUENCIES, class_weights, weighted_cross_entropy
+from nightseg.methods.base import SegmentationModule, masked_label
 
 
 @dataclass

@@ -24,7 +24,7 @@ Every term has a switch (``method.<term>.enabled``), so the rows of the seed's T
 At validation/inference the image is relit, then segmented; the cross attention, having no day image,
 follows ``cross_attention.test_policy`` (``bypass`` or ``self``; `CrossAttentionSegmenter` also accepts a
 reference image). Exported checkpoints hold the segmenter plus the frozen relighting net under
-``relight.*`` (see `split_relight`).
+``relight.*`` (see `nightseg.models.relight.split_relight`).
 """
 
 from __future__ import annotations
@@ -36,16 +36,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
-from nightseg.checkpoint import load_segmenter_weights
-from nightseg.classes import NUM_CLASSES, STATIC_CLASSES, hard_classes
-from nightseg.config import Config
+from nightseg.core.checkpoint import load_segmenter_weights
+from nightseg.core.classes import NUM_CLASSES, STATIC_CLASSES, hard_classes
+from nightseg.core.config import Config
+from nightseg.core.errors import UserError
+from nightseg.core.io import read_label
 from nightseg.data.photometric import StrongConfig, WeakConfig, strong_augment, weak_augment
-from nightseg.engine import SegmentationModule, build_model, build_stream_dataset, masked_label
-from nightseg.errors import UserError
-from nightseg.io import read_label
-from nightseg.losses import (
+from nightseg.data.streams import build_stream_dataset
+from nightseg.losses.segmentation import (
     CITYSCAPES_FREQUENCIES,
     class_frequencies,
     class_weights,
@@ -53,9 +52,11 @@ from nightseg.losses import (
     static_loss,
     weighted_cross_entropy,
 )
+from nightseg.methods.base import SegmentationModule, masked_label
 from nightseg.methods.nightmix import match_size, nightmix
 from nightseg.methods.pseudo_label import fuse_day_night, pseudo_label
-from nightseg.models.relight import WEIGHTS_ENV, DCENet, apply_curves, load_dce_weights
+from nightseg.models.registry import build_model
+from nightseg.models.relight import WEIGHTS_ENV, DCENet, load_dce_weights, relight
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -186,21 +187,6 @@ def load_relight(params: RelightParams) -> DCENet:
     return net.eval()
 
 
-def relight_images(net: DCENet, x: torch.Tensor, curve_scale: float = 1.0) -> torch.Tensor:
-    """Return relit images ``g(x)`` clamped to [0, 1] (no gradient; g is frozen).
-
-    With ``curve_scale < 1`` the curve maps are estimated on a downscaled copy and upsampled before
-    being applied at full resolution.
-    """
-    with torch.no_grad():
-        x = x.float()
-        if curve_scale >= 1.0:
-            return net(x).clamp_(0.0, 1.0)
-        small = F.interpolate(x, scale_factor=curve_scale, mode="bilinear", align_corners=False)
-        curves = F.interpolate(net.curve_maps(small), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return apply_curves(x, curves).clamp_(0.0, 1.0)
-
-
 def resolve_frequencies(spec: list[float] | str, num_classes: int) -> torch.Tensor | None:
     """Return a_k for a ``class_frequencies`` setting (None for ``source``: counted later)."""
     if isinstance(spec, str):
@@ -233,23 +219,6 @@ def source_labels(dataset: Any) -> Any:
         return
     for i in range(len(dataset)):
         yield dataset[i]["label"]
-
-
-def split_relight(tensors: dict[str, torch.Tensor], model_config: dict[str, Any]) -> tuple[
-        dict[str, torch.Tensor], dict[str, Any], DCENet | None]:
-    """Split an exported ULCA checkpoint into (segmenter tensors, segmenter config, relighting net or None).
-
-    ULCA exports ``relight.*`` tensors and ``model["relight"]`` next to the segmenter's; an inference tool
-    rebuilds the segmenter from the rest (``build_segmenter(**config)``) and relights images first.
-    """
-    config = dict(model_config)
-    relight_cfg = config.pop("relight", None)
-    seg = {k: v for k, v in tensors.items() if not k.startswith("relight.")}
-    if relight_cfg is None:
-        return seg, config, None
-    net = DCENet(relight_cfg.get("channels", 32), relight_cfg.get("iterations", 8))
-    net.load_state_dict({k.removeprefix("relight."): v for k, v in tensors.items() if k.startswith("relight.")})
-    return seg, config, net.eval().requires_grad_(False)
 
 
 # --------------------------------------------------------------------------------------------- module
@@ -318,10 +287,8 @@ class ULCA(SegmentationModule):
 
     # ---- building blocks
     def relit(self, x: torch.Tensor) -> torch.Tensor:
-        """Return g(x) (frozen Zero-DCE), or x when relighting is off."""
-        if self.relight is None:
-            return x
-        return relight_images(self.relight, x, self.params.relight.curve_scale).to(x.dtype)
+        """Return g(x) (frozen Zero-DCE, `nightseg.models.relight.relight`), or x when relighting is off."""
+        return relight(self.relight, x, self.params.relight.curve_scale).to(x.dtype)
 
     def segment(self, x: torch.Tensor, day: torch.Tensor | None = None, policy: str | None = None) -> torch.Tensor:
         """Return logits for images `x` already relit; with cross attention, attend to the deepest `day`
@@ -432,7 +399,7 @@ class ULCA(SegmentationModule):
         return [{"params": [q for q in self.model.parameters() if q.requires_grad]}]
 
     def export_tensors(self) -> dict[str, torch.Tensor]:
-        """Return the segmenter's tensors plus the relighting net's under ``relight.*`` (see `split_relight`)."""
+        """Return the segmenter's tensors plus the relighting net's under ``relight.*`` (see `nightseg.models.relight.split_relight`)."""
         tensors = dict(self.model.state_dict())
         if self.relight is not None:
             tensors.update({f"relight.{k}": v for k, v in self.relight.state_dict().items()})
@@ -451,4 +418,4 @@ def build(cfg: Config) -> ULCA:
     return ULCA(cfg)
 
 
-__all__ = ["ULCA", "Params", "build", "load_relight", "relight_images", "split_relight"]
+__all__ = ["ULCA", "Params", "build", "load_relight"]

@@ -20,7 +20,7 @@ import torch
 import torchvision
 from torch import nn
 
-from nightseg.errors import UserError
+from nightseg.core.errors import UserError
 
 DOWNLOAD_ERRORS = (URLError, OSError, RuntimeError, ValueError)
 

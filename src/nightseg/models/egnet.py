@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nightseg.evaluation.exposure import hsv_value
+from nightseg.data.photometric import hsv_value
 from nightseg.models.backbones import ResNetBackbone
 from nightseg.models.heads import PyramidPoolingHead
 from nightseg.models.segmenters import IMAGENET_MEAN, IMAGENET_STD

@@ -16,10 +16,10 @@ network (RDN) and the merge.
 * **Merge** (`paste_regions`, `merge_logits`, seed Sec. B): inside the selected proposals, wherever Phi_R
   predicts a hard class, Phi_R's logits replace Phi_I's.
 * `NightLab` bundles Phi_I, Phi_R and the RDN; ``forward(x)`` (x in [0, 1]) returns merged logits at
-  x's size, so a NightLab checkpoint loads in `nightseg.inference.Segmenter.from_checkpoint` (model
+  x's size, so a NightLab checkpoint loads in `nightseg.inference.Predictor.from_checkpoint` (model
   name ``nightseg.models.nightlab:build_nightlab``). No ONNX export: the proposals, crops and merge are
   data-dependent Python loops, so a traced graph would replay the example input's proposals on every
-  image; `nightseg.export.export_onnx` refuses it (``NightLab.onnx_unsupported``) with a one-line error.
+  image; `nightseg.inference.onnx.export_onnx` refuses it (``NightLab.onnx_unsupported``) with a one-line error.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 
-from nightseg.classes import IGNORE_INDEX
+from nightseg.core.classes import IGNORE_INDEX
 from nightseg.models.backbones import ResNetBackbone
+from nightseg.models.registry import model_from_config
 from nightseg.models.segmenters import IMAGENET_MEAN, IMAGENET_STD
 
 MODEL_NAME = "nightseg.models.nightlab:build_nightlab"
@@ -236,7 +237,7 @@ class NightLab(nn.Module):
 
     onnx_unsupported = ("its region proposals, crops and merge depend on each image, and a traced ONNX graph "
                         "would replay the example image's proposals")
-    """Why `nightseg.export.export_onnx` refuses this module (read there for any sub-module)."""
+    """Why `nightseg.inference.onnx.export_onnx` refuses this module (read there for any sub-module)."""
 
     def __init__(self, image_model: nn.Module, region_model: nn.Module, rdn: RDN, hard_classes: Sequence[int],
                  region_size: Sequence[int] = (64, 64), context: float = 2.0, min_side: int = 16,
@@ -301,11 +302,9 @@ def build_nightlab(num_classes: int, image_model: dict, region_model: dict, rdn:
                    region_size: Sequence[int] = (64, 64), context: float = 2.0, min_side: int = 16,
                    max_proposals: int = 8, score_thresh: float = 0.5, pretrained: bool = False) -> NightLab:
     """Return an (untrained) `NightLab` from its checkpoint ``model`` metadata (the `module:factory` form)."""
-    from nightseg.inference import _build_segmenter
-
     for what, cfg in (("image_model", image_model), ("region_model", region_model)):
         if int(cfg.get("num_classes", num_classes)) != int(num_classes):
             raise ValueError(f"{what} has {cfg.get('num_classes')} classes, NightLab {num_classes}")
-    return NightLab(_build_segmenter(image_model, "NightLab image_model"),
-                    _build_segmenter(region_model, "NightLab region_model"), RDN(**rdn), hard_classes,
+    return NightLab(model_from_config(image_model, "NightLab image_model"),
+                    model_from_config(region_model, "NightLab region_model"), RDN(**rdn), hard_classes,
                     region_size, context, min_side, max_proposals, score_thresh)

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nightseg.checkpoint import load_checkpoint, load_state_into, save_checkpoint
-from nightseg.errors import UserError
-from nightseg.io import atomic_path
+from nightseg.core.checkpoint import load_checkpoint, load_state_into, save_checkpoint
+from nightseg.core.errors import UserError
+from nightseg.core.io import atomic_path
 
 ITERATIONS = 8
 WEIGHTS_ENV = "NIGHTSEG_RELIGHT_WEIGHTS"
@@ -169,9 +170,44 @@ def resolve_weights(path: str | os.PathLike | None) -> Path:
     )
 
 
-@torch.inference_mode()
-def relight_image(model: DCENet, image: np.ndarray) -> np.ndarray:
-    """Return the relit HxWx3 uint8 image for an HxWx3 uint8 RGB `image`."""
-    x = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-    y = model(x.to(next(model.parameters()).device)).clamp_(0, 1)
-    return (y[0].permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+def relight(net: nn.Module | None, images: torch.Tensor | np.ndarray, curve_scale: float = 1.0
+            ) -> torch.Tensor | np.ndarray:
+    """Return the relit images g(x) clamped to [0, 1]: ULCA's relighting step (seed Fig. 1, g frozen, no gradient).
+
+    This is the one way NightSeg relights: training (ULCA), inference, ``nightseg relight apply`` and the demo.
+    `images` is [B,3,H,W] float in [0,1] (a tensor of that shape is returned) or one HxWx3 uint8 RGB array
+    (an HxWx3 uint8 array is returned). `net` is a `DCENet` (or any image-to-image net, e.g. a night->day
+    generator); None returns the images unchanged. With ``curve_scale < 1`` the curve maps are estimated on a
+    copy downscaled by that factor and upsampled before being applied at full resolution (Zero-DCE++'s speed-up).
+    """
+    if isinstance(images, np.ndarray):
+        x = torch.from_numpy(images).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+        param = next(net.parameters(), None) if net is not None else None
+        y = relight(net, x.to(param.device) if param is not None else x, curve_scale)
+        return (y[0].permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    if net is None:
+        return images
+    with torch.no_grad():
+        x = images.float()
+        if curve_scale >= 1.0:
+            return net(x).clamp(0.0, 1.0)
+        small = F.interpolate(x, scale_factor=curve_scale, mode="bilinear", align_corners=False)
+        curves = F.interpolate(net.curve_maps(small), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return apply_curves(x, curves).clamp(0.0, 1.0)
+
+
+def split_relight(tensors: dict[str, torch.Tensor], model_config: dict[str, Any]) -> tuple[
+        dict[str, torch.Tensor], dict[str, Any], DCENet | None]:
+    """Split a checkpoint that bundles Zero-DCE into (segmenter tensors, segmenter config, relighting net or None).
+
+    ULCA exports ``relight.*`` tensors and ``model["relight"]`` next to the segmenter's; an inference tool
+    rebuilds the segmenter from the rest and relights images first.
+    """
+    config = dict(model_config)
+    relight_cfg = config.pop("relight", None)
+    seg = {k: v for k, v in tensors.items() if not k.startswith("relight.")}
+    if relight_cfg is None:
+        return seg, config, None
+    net = DCENet(relight_cfg.get("channels", 32), relight_cfg.get("iterations", 8))
+    net.load_state_dict({k.removeprefix("relight."): v for k, v in tensors.items() if k.startswith("relight.")})
+    return seg, config, net.eval().requires_grad_(False)

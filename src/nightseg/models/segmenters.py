@@ -20,7 +20,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from nightseg.errors import UserError
+from nightseg.core.errors import UserError
 from nightseg.models.backbones import MiTBackbone, MobileNetV3Backbone, ResNetBackbone, dilate_resnet
 from nightseg.models.cross_attention import CrossAttentionSegmenter
 from nightseg.models.heads import (

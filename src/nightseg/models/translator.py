@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nightseg.checkpoint import load_checkpoint, load_state_into
-from nightseg.errors import UserError
+from nightseg.core.checkpoint import load_checkpoint, load_state_into
+from nightseg.core.errors import UserError
 
 TRANSLATOR_NAME = "cyclegan_translator"
 DIRECTIONS = ("day2night", "night2day")

@@ -4,7 +4,7 @@ Two kinds of files come out of ``nightseg train``:
 
 * **Model checkpoints** ``RUN_DIR/checkpoints/{last,best}.safetensors`` (+ ``.json``): the segmenter's
   weights with ``{"model": segmenter.config, "recipe", "config", "step", "metrics"}`` metadata, written
-  through `nightseg.checkpoint.save_checkpoint` (atomic). `nightseg eval`/`predict` load them.
+  through `nightseg.core.checkpoint.save_checkpoint` (atomic). `nightseg eval`/`predict` load them.
 * **Training state** ``RUN_DIR/state/``: everything Lightning needs to continue a run exactly (module
   weights incl. frozen parts, optimizer and LR-scheduler state, loop counters, callback state, the
   AMP grad-scaler). `SafeCheckpointIO` is a Lightning ``CheckpointIO`` plugin that stores Lightning's
@@ -15,7 +15,7 @@ Two kinds of files come out of ``nightseg train``:
   at it, then older tensor files are deleted. A kill at any moment leaves the previous complete state.
 
 The RNG is not part of the state on purpose: the engine re-seeds every training step from
-``(seed, step, rank)`` and every data sample from ``(seed, stream, position)`` (see `nightseg.engine`),
+``(seed, step, rank)`` and every data sample from ``(seed, stream, position)`` (see `nightseg.core.seeding`),
 so a resumed run draws exactly the numbers the uninterrupted run draws.
 """
 
@@ -34,8 +34,8 @@ from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from nightseg.errors import UserError
-from nightseg.io import atomic_path, write_json
+from nightseg.core.errors import UserError
+from nightseg.core.io import atomic_path, write_json
 
 STATE_FORMAT = "nightseg-training-state"
 STATE_VERSION = 1

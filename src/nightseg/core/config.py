@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import yaml
 
-from nightseg.errors import UserError
+from nightseg.core.errors import UserError
 
 
 # --------------------------------------------------------------------------------------------- schema
@@ -182,7 +182,7 @@ def method_params_class(name: str, source: str = "config") -> type:
 
 def list_methods() -> list[str]:
     """Return the names of the training methods (modules of `nightseg.methods` with a ``Params`` class)."""
-    folder = Path(__file__).parent / "methods"
+    folder = Path(__file__).parent.parent / "methods"
     names = []
     for path in sorted(folder.glob("*.py")):
         if not path.stem.startswith("_") and "class Params" in path.read_text(encoding="utf-8"):

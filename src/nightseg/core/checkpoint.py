@@ -16,8 +16,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from nightseg.errors import UserError
-from nightseg.io import atomic_path, write_json
+from nightseg.core.errors import UserError
+from nightseg.core.io import atomic_path, write_json
 
 FORMAT = "nightseg-checkpoint"
 VERSION = 1

@@ -9,17 +9,24 @@ half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from nightseg.errors import UserError
+from nightseg.core.errors import UserError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -137,3 +144,59 @@ def list_images(folder: str | os.PathLike, suffix: str | None = None) -> list[Pa
         raise UserError(f"{folder}: {what}")
     suffixes = (suffix,) if suffix else IMAGE_SUFFIXES
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes))
+
+
+def json_safe(obj: Any) -> Any:
+    """Return `obj` with NaN / inf floats replaced by None, recursively (strict JSON for metrics files)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def prefetch(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """Yield ``fn(item)`` in order, computing up to ``2 * workers`` items ahead in threads (reading files
+    while the caller computes)."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[Future[R]] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def expand_image_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
+    """Return (image path, output path relative to --out) for files, folders and glob patterns."""
+    pairs: list[tuple[Path, Path]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            pairs += [(p, p.relative_to(path).with_suffix(".png")) for p in list_images(path)]
+        elif path.is_file():
+            pairs.append((path, Path(path.stem + ".png")))
+        elif glob.has_magic(item):
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
+            files = [p for p in matches if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)]
+            if not files:
+                raise UserError(f"{item}: pattern matches no image files")
+            pairs += [(p, Path(p.stem + ".png")) for p in files]
+        else:
+            raise UserError(f"{item}: no such file or folder")
+    if not pairs:
+        raise UserError(f"{' '.join(inputs)}: no images found")
+    seen: dict[Path, Path] = {}
+    for src, rel in pairs:
+        if rel in seen and seen[rel] != src:
+            raise UserError(
+                f"{src}: would overwrite the output of {seen[rel]} ({rel}); write them into different --out folders"
+            )
+        seen[rel] = src
+    return list(dict.fromkeys(pairs))

@@ -1,4 +1,5 @@
-"""ONNX export of a checkpoint's inference network (relighting + segmenter), checked against PyTorch.
+"""ONNX: export a checkpoint's inference network (relighting + segmenter), checked against PyTorch, and run
+an exported file with onnxruntime (`OnnxNet`).
 
 ``export_onnx(net, out)`` writes ``out`` (opset >= 17) with input ``image`` [B,3,H,W] (RGB in [0,1])
 and output ``logits`` [B,C,H,W], batch, height and width dynamic. PyTorch's ONNX exporter cannot write
@@ -6,7 +7,7 @@ and output ``logits`` [B,C,H,W], batch, height and width dynamic. PyTorch's ONNX
 size, so for the export those layers are swapped for `ExportableAdaptiveAvgPool2d`, which computes the
 same bins from an integral image (in float64) with shape arithmetic ONNX can express. If an architecture
 still fails to export with dynamic sizes, it is exported for the fixed ``size`` instead (the metadata
-says so and `nightseg.inference.OnnxNet` resizes inputs to it).
+says so and `OnnxNet` resizes inputs to it).
 
 The file carries ``{"nightseg": {...}}`` metadata (model config, classes, size, dynamic) so that
 ``nightseg predict model.onnx`` needs nothing else. After writing, the ONNX output is compared with
@@ -28,15 +29,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from nightseg.errors import UserError
-from nightseg.inference import ONNX_METADATA_KEY, InferenceNet
-from nightseg.io import atomic_path
+from nightseg.core.errors import UserError
+from nightseg.core.io import atomic_path
+from nightseg.inference.network import InferenceNet
 
 log = logging.getLogger("nightseg")
 
 DEFAULT_OPSET = 17
+ONNX_METADATA_KEY = "nightseg"
 PARITY_TOLERANCE = 1e-4
 
 
@@ -168,3 +171,43 @@ def export_onnx(
             if not diff <= PARITY_TOLERANCE:
                 raise UserError(f"{out}: ONNX outputs differ from PyTorch's by {diff:.2e} (> {PARITY_TOLERANCE}); not written")
     return {"path": str(out), "opset": opset, "dynamic": dynamic, "size": list(size), "max_abs_diff": diff}
+
+
+class OnnxNet:
+    """Runs an ONNX file from ``nightseg export`` with onnxruntime; called like `InferenceNet`."""
+
+    def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"{self.path}: ONNX model not found")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        providers = ["CPUExecutionProvider"]
+        if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise UserError(f"{self.path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from exc
+        raw = self.session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+        if raw is None:
+            raise UserError(f"{self.path}: not written by `nightseg export` (no nightseg metadata)")
+        self.meta: dict[str, Any] = json.loads(raw)
+        self.num_classes = int(self.meta["model"]["num_classes"])
+        self.config = dict(self.meta["model"])
+        self.static_size = tuple(self.meta["size"]) if not self.meta.get("dynamic", True) else None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        size = tuple(x.shape[-2:])
+        if self.static_size is not None and size != self.static_size:  # a fixed-size export: resize in and out
+            x = F.interpolate(x, size=self.static_size, mode="bilinear", align_corners=False)
+        out = self.session.run(None, {self.input_name: x.detach().float().cpu().contiguous().numpy()})[0]
+        logits = torch.from_numpy(out).to(x.device)
+        if tuple(logits.shape[-2:]) != size:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits

@@ -12,7 +12,7 @@ discriminators ``D_day`` / ``D_night``. One training step (CycleGAN, Sec. 3-4; p
 Adam (lr 2e-4, betas 0.5/0.999) for both, lr constant for the first half of the steps, then linearly to
 0 (CycleGAN's 100 + 100 epochs, counted in steps). Images are in [-1, 1] inside the loop (as the official
 code), so the L1 terms have CycleGAN's scale. Training state (all four nets, both Adam states, both
-image pools, loss history) is saved atomically with `nightseg.training_checkpoints.save_state`; every
+image pools, loss history) is saved atomically with `nightseg.engine.state.save_state`; every
 random draw of step ``t`` comes from a generator seeded by ``(seed, t)``, so a resumed run gives the same
 weights as an uninterrupted one. The generators alone are written to ``OUT/translator.safetensors``.
 """
@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from nightseg.checkpoint import save_checkpoint
-from nightseg.errors import UserError
-from nightseg.io import read_image, write_png
+from nightseg.core.checkpoint import save_checkpoint
+from nightseg.core.errors import UserError
+from nightseg.core.io import read_image, write_png
+from nightseg.engine.state import load_state, save_state, state_step
 from nightseg.models.translator import (
     TRANSLATOR_NAME,
     ImagePool,
@@ -41,7 +42,6 @@ from nightseg.models.translator import (
     UnitRangeTranslator,
     init_weights,
 )
-from nightseg.training_checkpoints import load_state, save_state, state_step
 
 log = logging.getLogger("nightseg")
 
@@ -371,7 +371,7 @@ def translate_dataset(
     import json
     import shutil
 
-    from nightseg.io import atomic_path, write_json
+    from nightseg.core.io import atomic_path, write_json
     from nightseg.models.translator import DIRECTIONS, load_translator
 
     if layout not in LAYOUTS:

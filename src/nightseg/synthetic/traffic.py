@@ -4,14 +4,14 @@ Parked and moving cars, vans, trucks and buses (rear views in the camera's lanes
 headlights in oncoming lanes), trams (class train), vehicles and cyclists crossing at intersections
 (side views), pedestrians, cyclists and motorcyclists (riders on bicycles / motorcycles) and parked
 two-wheelers. Sampled independently for each frame of a day/night pair, on the street of
-`nightseg.data.synthetic_scene`.
+`nightseg.synthetic.scene`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from nightseg.data.synthetic_scene import (
+from nightseg.synthetic.primitives import (
     AX_X,
     AX_Y,
     AX_Z,

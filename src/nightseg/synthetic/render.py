@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from nightseg.classes import LABEL_ID_TO_TRAIN_ID
-from nightseg.data.synthetic_scene import (
+from nightseg.core.classes import LABEL_ID_TO_TRAIN_ID
+from nightseg.synthetic.primitives import (
     AX_SKY,
     AX_X,
     AX_Y,

@@ -1,6 +1,6 @@
-"""Inference with a trained checkpoint: ``Segmenter.from_checkpoint(path).predict(image)``.
+"""Inference with a trained checkpoint: ``Predictor.from_checkpoint(path).predict(image)``.
 
-A `Segmenter` wraps a network that maps RGB images in [0, 1] to logits (the checkpoint's segmenter,
+A `Predictor` wraps a network that maps RGB images in [0, 1] to logits (the checkpoint's segmenter,
 with the Zero-DCE relighting net in front when the checkpoint bundles one or one is asked for) and adds
 what inference needs around it:
 
@@ -20,7 +20,6 @@ predicted class) and, on request, the class probabilities.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -34,16 +33,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nightseg.checkpoint import load_checkpoint, load_state_into
-from nightseg.classes import IGNORE_INDEX
-from nightseg.errors import UserError
-from nightseg.io import read_image
+from nightseg.core.classes import IGNORE_INDEX
+from nightseg.core.errors import UserError
+from nightseg.core.io import read_image
+from nightseg.inference.network import load_inference_net
+from nightseg.inference.onnx import OnnxNet, export_onnx
+from nightseg.models.relight import relight
+from nightseg.models.segmenters import fuse_batchnorm
 
 log = logging.getLogger("nightseg")
 
 BACKENDS = ("torch", "onnx")
 BLENDS = ("gaussian", "uniform")
-ONNX_METADATA_KEY = "nightseg"
 
 
 # --------------------------------------------------------------------------------------------- settings
@@ -122,7 +123,7 @@ def parse_size(text: str, option: str) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------- result
 @dataclass
 class Prediction:
-    """The result of `Segmenter.predict` for one image.
+    """The result of `Predictor.predict` for one image.
 
     ``labels``: HxW uint8 trainIds (argmax); ``confidence``: HxW float32, probability of the predicted
     class; ``probs``: CxHxW float32 class probabilities (a torch tensor on the CPU), None unless asked for.
@@ -145,158 +146,6 @@ class Prediction:
         if self.confidence is None:
             raise ValueError("this prediction was made without confidence")
         return np.clip(self.confidence * 65535.0 + 0.5, 0, 65535).astype(np.uint16)
-
-
-# --------------------------------------------------------------------------------------------- networks
-class InferenceNet(nn.Module):
-    """What one forward pass runs: optional Zero-DCE relighting g(x), then the segmenter; returns logits.
-
-    ``forward(x)`` takes RGB images [B,3,H,W] in [0,1] and returns logits [B,C,H,W]. This is also the
-    module `nightseg.export` writes to ONNX, so both backends compute the same function.
-    """
-
-    def __init__(self, segmenter: nn.Module, relight: nn.Module | None = None, curve_scale: float = 1.0) -> None:
-        super().__init__()
-        self.segmenter = segmenter
-        self.relight = relight
-        self.curve_scale = float(curve_scale)
-        self.num_classes = int(segmenter.config["num_classes"])
-        self.config = dict(segmenter.config)
-
-    def relit(self, x: torch.Tensor) -> torch.Tensor:
-        """Return g(x) clamped to [0, 1] (x itself without a relighting net); see `relight_images`."""
-        if self.relight is None:
-            return x
-        if self.curve_scale >= 1.0:
-            return self.relight(x).clamp(0.0, 1.0)
-        from nightseg.models.relight import apply_curves  # the Zero-DCE++ speed-up of ULCA's relight_images
-
-        small = F.interpolate(x, scale_factor=self.curve_scale, mode="bilinear", align_corners=False)
-        curves = F.interpolate(self.relight.curve_maps(small), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return apply_curves(x, curves).clamp(0.0, 1.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.segmenter(self.relit(x))
-
-
-def _build_segmenter(config: dict[str, Any], source: Path) -> nn.Module:
-    """Rebuild the architecture described by a checkpoint's ``model`` metadata."""
-    if not isinstance(config, dict) or "name" not in config or "num_classes" not in config:
-        raise UserError(f"{source}: checkpoint metadata has no \"model\" with name and num_classes; not a segmenter checkpoint")
-    kwargs = {k: v for k, v in config.items() if k not in ("name", "pretrained")}  # never download at inference
-    name = str(config["name"])
-    try:
-        if ":" in name:  # a custom `module:factory` model of a recipe
-            from nightseg.engine import _factory
-
-            model = _factory(name, "model")(pretrained=False, **kwargs)
-        else:
-            from nightseg.models import build_segmenter
-
-            model = build_segmenter(name, pretrained=False, **kwargs)
-    except TypeError as exc:
-        raise UserError(f"{source}: cannot rebuild model {name!r} from its metadata {config} ({exc})") from exc
-    if not hasattr(model, "config"):
-        model.config = dict(config)
-    return model
-
-
-def load_inference_net(
-    path: str | os.PathLike, relight: str | os.PathLike | bool | None = None,
-    night2day: str | os.PathLike | None = None,
-) -> tuple[InferenceNet, dict[str, Any]]:
-    """Return (eval-mode `InferenceNet`, checkpoint metadata) for a NightSeg ``.safetensors`` checkpoint.
-
-    `relight`: None uses the relighting net the checkpoint bundles (ULCA exports one under ``relight.*``)
-    or none; False never relights; True uses the bundled net, else ``$NIGHTSEG_RELIGHT_WEIGHTS``; a path
-    loads those weights (official ``Epoch99.pth`` or ``nightseg relight train`` output). `night2day`: a
-    ``nightseg translate train`` checkpoint whose night->day generator runs in the relighting step's place.
-    Raises a UserError naming the file on wrong architecture / class count / missing weights.
-    """
-    path = Path(path)
-    tensors, meta = load_checkpoint(path)
-    config = dict(meta.get("model") or {})
-    if config.get("name") == "zero_dce":
-        raise UserError(f"{path}: holds Zero-DCE relighting weights, not a segmentation model; pass it as --relight")
-    bundled = None
-    if "relight" in config or any(k.startswith("relight.") for k in tensors):
-        from nightseg.methods.ulca import split_relight
-
-        try:
-            tensors, config, bundled = split_relight(tensors, config)
-        except RuntimeError as exc:
-            raise UserError(f"{path}: its bundled relighting weights do not fit Zero-DCE ({exc})") from exc
-    segmenter = _build_segmenter(config, path)
-    load_state_into(segmenter, tensors, path)
-    net = None
-    if relight is False:
-        net = None
-    elif relight is None:
-        net = bundled
-    elif relight is True:
-        if bundled is not None:
-            net = bundled
-        else:
-            from nightseg.models.relight import load_dce_weights, resolve_weights
-
-            net = load_dce_weights(resolve_weights(None))
-    else:
-        from nightseg.models.relight import load_dce_weights
-
-        net = load_dce_weights(Path(relight))
-    if night2day is not None:  # seed 004, method 1: a CycleGAN generator takes the relighting step's place
-        if net is not None:
-            raise UserError(f"{night2day}: --night2day replaces relighting, but {path} would relight; add --no-relight")
-        from nightseg.models.translator import load_translator
-
-        net = load_translator(night2day, "night2day")
-    curve_scale = 1.0
-    method_cfg = (meta.get("config") or {}).get("method") or {}
-    if net is not None and net is bundled and isinstance(method_cfg.get("relight"), dict):
-        curve_scale = float(method_cfg["relight"].get("curve_scale", 1.0))
-    out = InferenceNet(segmenter.eval(), net.eval() if net is not None else None, curve_scale).eval()
-    out.requires_grad_(False)
-    return out, meta
-
-
-class OnnxNet:
-    """Runs an ONNX file from ``nightseg export`` with onnxruntime; called like `InferenceNet`."""
-
-    def __init__(self, path: str | os.PathLike, device: torch.device | str = "cpu", threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise UserError(f"{self.path}: ONNX model not found")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        providers = ["CPUExecutionProvider"]
-        if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise UserError(f"{self.path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from exc
-        raw = self.session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
-        if raw is None:
-            raise UserError(f"{self.path}: not written by `nightseg export` (no nightseg metadata)")
-        self.meta: dict[str, Any] = json.loads(raw)
-        self.num_classes = int(self.meta["model"]["num_classes"])
-        self.config = dict(self.meta["model"])
-        self.static_size = tuple(self.meta["size"]) if not self.meta.get("dynamic", True) else None
-        self.input_name = self.session.get_inputs()[0].name
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        size = tuple(x.shape[-2:])
-        if self.static_size is not None and size != self.static_size:  # a fixed-size export: resize in and out
-            x = F.interpolate(x, size=self.static_size, mode="bilinear", align_corners=False)
-        out = self.session.run(None, {self.input_name: x.detach().float().cpu().contiguous().numpy()})[0]
-        logits = torch.from_numpy(out).to(x.device)
-        if tuple(logits.shape[-2:]) != size:
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        return logits
 
 
 # --------------------------------------------------------------------------------------------- segmenter
@@ -340,10 +189,10 @@ def _to_tensor(image: Any) -> torch.Tensor:
     return t.float().div_(255.0) if t.dtype == torch.uint8 else t.float()
 
 
-class Segmenter:
+class Predictor:
     """Predicts label maps and class probabilities with a trained network; see the module docstring.
 
-    Build it with `Segmenter.from_checkpoint`. ``net`` is any callable mapping RGB images [B,3,H,W] in
+    Build it with `Predictor.from_checkpoint`. ``net`` is any callable mapping RGB images [B,3,H,W] in
     [0,1] to logits [B,C,H,W] (an `InferenceNet` or an `OnnxNet`).
     """
 
@@ -379,8 +228,8 @@ class Segmenter:
         fuse: bool = True,
         channels_last: bool = True,
         night2day: str | os.PathLike | None = None,
-    ) -> Segmenter:
-        """Return a Segmenter for a NightSeg checkpoint (``.safetensors`` + ``.json``) or an exported ``.onnx``.
+    ) -> Predictor:
+        """Return a Predictor for a NightSeg checkpoint (``.safetensors`` + ``.json``) or an exported ``.onnx``.
 
         `device`: ``"cpu"``, ``"cuda"``, ``"auto"``. `relight`: see `load_inference_net` (None: the
         checkpoint's own relighting net if it has one). `tta`: a `TTA` or a spec like ``"flip,0.75,1,1.25"``.
@@ -403,16 +252,12 @@ class Segmenter:
             return cls(onnx_net, onnx_net.num_classes, dev, sliding=sliding, tta=tta, metadata=onnx_net.meta)
         net, meta = load_inference_net(path, relight, night2day)
         if backend == "onnx":
-            from nightseg.export import export_onnx
-
             with tempfile.TemporaryDirectory(prefix="nightseg-onnx-") as folder:  # onnxruntime keeps it in memory
                 onnx_path = Path(folder) / (path.stem + ".onnx")
                 export_onnx(net, onnx_path, metadata={"checkpoint": str(path)}, check=False)
                 onnx_net = OnnxNet(onnx_path, dev)
             return cls(onnx_net, net.num_classes, dev, sliding=sliding, tta=tta, metadata=meta)
         if fuse:
-            from nightseg.models import fuse_batchnorm
-
             net = fuse_batchnorm(net)
         net = net.to(dev)
         if channels_last:
@@ -518,47 +363,19 @@ class Segmenter:
     def relit(self, image: Any) -> np.ndarray:
         """Return the image after the network's relighting step as HxWx3 uint8 (the input if it has none)."""
         x = _to_tensor(image)[None].to(self.device)
-        relight = getattr(self.net, "relit", None)
         with torch.inference_mode():
-            y = relight(x) if relight is not None else x
+            y = relight(getattr(self.net, "relight", None), x, getattr(self.net, "curve_scale", 1.0))
         return (y[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-
-
-def palette_for(num_classes: int) -> np.ndarray:
-    """Return a (num_classes x 3) uint8 palette: the Cityscapes colours for 19 classes, else a fixed spread."""
-    from nightseg.classes import NUM_CLASSES, PALETTE
-
-    if num_classes == NUM_CLASSES:
-        return PALETTE
-    rng = np.random.default_rng(0)
-    return rng.integers(0, 256, size=(num_classes, 3), dtype=np.uint8)
-
-
-def colorize_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Return the HxWx3 colour image of a label map (255 and unknown ids black)."""
-    table = np.zeros((256, 3), dtype=np.uint8)
-    table[:num_classes] = palette_for(num_classes)
-    return table[labels]
-
-
-def overlay(image: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Return ``(1 - alpha) * image + alpha * color`` as uint8 (both HxWx3 uint8)."""
-    out = image.astype(np.uint16) * round((1 - alpha) * 256) + color.astype(np.uint16) * round(alpha * 256)
-    return (out >> 8).astype(np.uint8)
 
 
 __all__ = [
     "BACKENDS",
+    "BLENDS",
     "TTA",
-    "InferenceNet",
-    "OnnxNet",
     "Prediction",
-    "Segmenter",
+    "Predictor",
     "SlidingWindow",
     "blend_weight",
-    "colorize_labels",
-    "load_inference_net",
-    "overlay",
     "parse_size",
     "window_starts",
 ]

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from nightseg.data.synthetic_render import INVALID_V, Frame, render
-from nightseg.data.synthetic_scene import Scene, build_scene
-from nightseg.errors import UserError
-from nightseg.io import atomic_path, write_json, write_png
+from nightseg.core.errors import UserError
+from nightseg.core.io import atomic_path, write_json, write_png
+from nightseg.synthetic.render import INVALID_V, Frame, render
+from nightseg.synthetic.scene import Scene, build_scene
 
 GENERATOR_VERSION = "1.1"
 """Bumped whenever the same seed would produce different pixels."""

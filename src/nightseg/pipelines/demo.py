@@ -16,8 +16,6 @@ interrupted training run from its saved state.
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +24,18 @@ from typing import Any
 import numpy as np
 import torch
 
-import nightseg
-from nightseg.classes import CLASS_NAMES, colorize
-from nightseg.errors import UserError
-from nightseg.io import read_image, read_label, write_json, write_png
+from nightseg.core.classes import CLASS_NAMES, colorize
+from nightseg.core.errors import UserError
+from nightseg.core.io import list_images, read_image, read_label, write_json, write_png
+from nightseg.engine import RunDir
+from nightseg.inference import Predictor
+from nightseg.models.relight import load_dce_weights
+from nightseg.pipelines.recipes import score_checkpoint, start_background_training, train_recipe
+from nightseg.pipelines.relight import train_relight
+from nightseg.synthetic import generator as synthetic
 
 log = logging.getLogger("nightseg")
 
-CONFIG_DIR = Path(nightseg.__file__).resolve().parent / "configs"
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,6 @@ PLANS = {
 
 def train_relight_on_night(data: Path, out: Path, epochs: int, seed: int) -> Path:
     """Train (or finish training) Zero-DCE on the synthetic night frames of `data`; return the weights path."""
-    from nightseg.commands.relight import train_relight
-    from nightseg.io import list_images
 
     weights = out / "zero_dce.safetensors"
     images = list_images(data / "dark_zurich" / "rgb_anon" / "train" / "night")
@@ -86,77 +86,18 @@ def train_relight_on_night(data: Path, out: Path, epochs: int, seed: int) -> Pat
     return weights
 
 
-def train_recipe(config: str | Path, data: Path, run_dir: Path, steps: int, seed: int,
-                 extra: list[str] = ()) -> Path:
-    """Train the packaged CPU recipe `config` on the synthetic set `data`; return its final checkpoint.
-
-    Resumable: a finished run is returned as it is, an interrupted one continues from its state.
-    """
-    from nightseg.config import load_config
-    from nightseg.engine import RunDir, train
-
-    run = RunDir(run_dir)
-    if run.finished():
-        log.info("%s: already trained (%s)", run_dir.name, run.last)
-        return run.last
-    # validation is done once at the end (`score_checkpoint`), not during training
-    overrides = [f"data.root={data}", f"train.max_steps={steps}", f"seed={seed}",
-                 "train.val_every=0", f"train.state_every={max(50, steps // 5)}", *extra]
-    cfg = load_config(CONFIG_DIR / config, overrides)
-    log.info("training %s: %s, %d steps, seed %d", run_dir.name, config, steps, seed)
-    metrics = train(cfg, run_dir, resume=True)
-    if not metrics.get("finished"):
-        raise KeyboardInterrupt
-    return run.last
-
-
-def _train_logged(log_file: str, *args: Any) -> None:
-    """Entry point of a background training process: `train_recipe(*args)`, output appended to `log_file`."""
-    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    train_recipe(*args)
-
-
-def start_background_training(log_file: Path, config: str | Path, data: Path, run_dir: Path, steps: int,
-                              seed: int, extra: list[str]) -> multiprocessing.process.BaseProcess:
-    """Start `train_recipe` in a new process (spawned, so it may start its own DataLoader workers) with its
-    output in `log_file` and no progress bar; return the process (exit code 0 once the run is finished)."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    process = multiprocessing.get_context("spawn").Process(
-        target=_train_logged, args=(str(log_file), config, data, run_dir, steps, seed, [*extra, "train.progress=false"]),
-        name=f"train-{run_dir.name}")
-    process.start()
-    return process
-
-
-def score_checkpoint(checkpoint: Path, dataset_name: str, root: Path, split: str = "val",
-                     limit: int | None = None) -> dict[str, Any]:
-    """Return the `evaluate_dataset` scores (mIoU, per-class, mEF1, ...) of `checkpoint` on a dataset split."""
-    from nightseg.commands.evaluate import evaluate_dataset
-    from nightseg.data import build_dataset
-    from nightseg.inference import Segmenter
-
-    segmenter = Segmenter.from_checkpoint(checkpoint)
-    dataset = build_dataset(dataset_name, root, split)
-    return evaluate_dataset(segmenter, dataset, limit=limit, workers=1, progress=False)
-
-
 def _grid(data: Path, checkpoints: dict[str, Path], relight: Path, out: Path, rows: int = 4) -> Path:
     """Write a PNG grid: night image | relit | source-only | ULCA | oracle | ground truth."""
-    from nightseg.inference import Segmenter
-    from nightseg.models.relight import load_dce_weights, relight_image
 
     images = sorted((data / "dark_zurich" / "rgb_anon" / "val" / "night").rglob("*_rgb_anon.png"))[:rows]
     dce = load_dce_weights(relight)
-    segmenters = {k: Segmenter.from_checkpoint(p) for k, p in checkpoints.items()}
+    segmenters = {k: Predictor.from_checkpoint(p) for k, p in checkpoints.items()}
     lines = []
     for path in images:
         image = read_image(path)
         stem = path.name.replace("_rgb_anon.png", "")
         gt_path = next((data / "dark_zurich" / "gt" / "val" / "night").rglob(f"{stem}_gt_labelTrainIds.png"))
-        cells = [image, relight_image(dce, image)]
+        cells = [image, relight(dce, image)]
         cells += [colorize(segmenters[m.key].predict(image).labels) for m in MODELS if m.key in segmenters]
         cells.append(colorize(read_label(gt_path)))
         lines.append(np.concatenate([np.pad(c, ((2, 2), (2, 2), (0, 0)), constant_values=255) for c in cells], axis=1))
@@ -186,8 +127,6 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 def run_demo(out: str | Path = "nightseg-demo", quick: bool = False, seed: int = 0) -> dict[str, Any]:
     """Run the demo into `out` and return ``{model_key: {"night": scores, "day": scores}}``."""
-    from nightseg.data import synthetic
-    from nightseg.engine import RunDir
 
     plan = PLANS["quick" if quick else "full"]
     out = Path(out)

@@ -17,7 +17,7 @@ from types import TracebackType
 import cv2
 import numpy as np
 
-from nightseg.errors import UserError
+from nightseg.core.errors import UserError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nightseg.classes import IGNORE_INDEX, NUM_CLASSES, STATIC_CLASSES
+from nightseg.core.classes import IGNORE_INDEX, NUM_CLASSES, STATIC_CLASSES
 
 CITYSCAPES_FREQUENCIES: tuple[float, ...] = (
     0.36869696, 0.06084986, 0.22824049, 0.00655399, 0.00877272, 0.01227341, 0.00207795,

@@ -11,3 +11,10 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+class TrainingInterrupted(Exception):
+    """A training run stopped before its last step (SIGTERM / Ctrl-C); its state is saved and rerunning the
+    same command continues it. The CLI prints the message and exits with code 130, as for Ctrl-C."""
+
+    exit_code = 130

@@ -1,0 +1,50 @@
+"""Build any segmentation network by name: from a recipe's ``model:`` config or a checkpoint's metadata.
+
+Names are those of `nightseg.models.build_segmenter` (``pspnet_r101``, ``deeplabv3plus_r50``, ...) or a
+``package.module:factory`` reference (EGNet: ``nightseg.models.egnet:egnet_r101``; NightLab:
+``nightseg.models.nightlab:build_nightlab``); every built network carries ``config``, the keyword
+arguments that rebuild it, which is what checkpoints store as their ``model`` metadata.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from nightseg.core.errors import UserError
+from nightseg.core.factory import import_factory
+from nightseg.models.segmenters import build_segmenter
+
+
+def build_model(model_cfg: Any) -> nn.Module:
+    """Return the segmenter of a model config (`nightseg.models.build_segmenter` or ``module:factory``)."""
+    if ":" in model_cfg.name:
+        factory = import_factory(model_cfg.name, "model")
+        model = factory(num_classes=model_cfg.num_classes, pretrained=model_cfg.pretrained, **model_cfg.options)
+    else:
+        model = build_segmenter(model_cfg.name, num_classes=model_cfg.num_classes,
+                                pretrained=model_cfg.pretrained, **model_cfg.options)
+    if not hasattr(model, "config"):
+        model.config = {"name": model_cfg.name, "num_classes": model_cfg.num_classes, **model_cfg.options}
+    return model
+
+
+def model_from_config(config: dict[str, Any], source: str | Path) -> nn.Module:
+    """Return the untrained network a checkpoint's ``model`` metadata describes (never downloads weights);
+    a UserError naming `source` when the metadata does not describe one."""
+    if not isinstance(config, dict) or "name" not in config or "num_classes" not in config:
+        raise UserError(f"{source}: checkpoint metadata has no \"model\" with name and num_classes; not a segmenter checkpoint")
+    kwargs = {k: v for k, v in config.items() if k not in ("name", "pretrained")}  # never download at inference
+    name = str(config["name"])
+    try:
+        if ":" in name:  # a custom `module:factory` model of a recipe
+            model = import_factory(name, "model")(pretrained=False, **kwargs)
+        else:
+            model = build_segmenter(name, pretrained=False, **kwargs)
+    except TypeError as exc:
+        raise UserError(f"{source}: cannot rebuild model {name!r} from its metadata {config} ({exc})") from exc
+    if not hasattr(model, "config"):
+        model.config = dict(config)
+    return model
