@@ -34,7 +34,7 @@ import numpy as np
 
 from nightseg.core.io import write_png
 from nightseg.synthetic.generator import generate, make_sample
-from nightseg.synthetic.render import _noise_tiles
+from nightseg.synthetic.render import noise_tiles
 
 
 def _time(fn, n: int, repeats: int) -> tuple[float, float, float]:
@@ -108,7 +108,7 @@ def main() -> None:
     args = ap.parse_args()
     cv2.setNumThreads(1)
     h, w = (int(v) for v in args.size.lower().split("x"))
-    _noise_tiles(h, w)  # built once per process and size
+    noise_tiles(h, w)  # built once per process and size
     make_sample("pairs", 0, size=(h, w))  # warm-up
     print(f"synthetic generator, one core, {h}x{w}, load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs")

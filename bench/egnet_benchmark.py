@@ -1,4 +1,4 @@
-"""EGNet (seed 001) on the synthetic night benchmark: EGNet vs a plain segmenter of the same size vs the
+"""EGNet on the synthetic night benchmark: EGNet vs a plain segmenter of the same size vs the
 ablations of Tables 4-5, plus the paper's image-enhancement baseline (a day-trained model, with and without
 Zero-DCE relighting at test time). Every model is trained on labelled synthetic night (NightCity layout;
 the day model on Cityscapes layout) and scored on synthetic night val (Dark Zurich layout): mIoU, mEF1 and
@@ -13,7 +13,7 @@ are skipped, interrupted ones continue from their saved state. One process, one 
 ``--models ... egnet_beta1`` adds a diagnostic EGNet with beta = 1; ``plain_wide`` is the plain segmenter
 with EGNet's parameter count (`pspnet_tiny_wide`, 5.76 M vs 5.77 M; `pspnet_tiny` has 3.15 M). Pass
 ``--plot`` elsewhere when running a subset of the models, or the published plot is redrawn with fewer
-curves. docs/results.md ("EGNet (seed 001)") has the commands and the numbers of the reported runs.
+curves. docs/results.md ("EGNet") has the commands and the numbers of the reported runs.
 """
 
 from __future__ import annotations

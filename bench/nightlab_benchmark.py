@@ -1,4 +1,4 @@
-"""NightLab (seed 003) on the synthetic night set: NightLab vs Phi_I alone vs RDN without HDM over several
+"""NightLab on the synthetic night set: NightLab vs Phi_I alone vs RDN without HDM over several
 seeds, the hard-class threshold ablation (seed Table 1), and a picture of proposals and merged predictions.
 
     nightseg synth --out data/mini --preset small --size 64x128

@@ -1,4 +1,4 @@
-"""The synthetic benchmark of seed 000 (issue 6): source-only, each Table-3 row, full ULCA and the oracle,
+"""The synthetic benchmark of ULCA (issue 6): source-only, each Table-3 row, full ULCA and the oracle,
 over several seeds, scored on synthetic night val and day val. Prints a Markdown table (mean +- std)
 and writes every score to ``OUT/results.json``.
 
@@ -6,7 +6,7 @@ and writes every score to ``OUT/results.json``.
 
 The protocol is the demo's (`nightseg.pipelines.demo`): the synthetic ``small`` set (128x256), source-only and the
 oracle trained from scratch for ``--steps`` steps, and every ULCA row *fine-tuning that seed's
-source-only model* for ``--ulca-steps`` steps (as DANNet and seed 000 adapt a Cityscapes-trained
+source-only model* for ``--ulca-steps`` steps (as DANNet and ULCA adapt a Cityscapes-trained
 PSPNet), with a Zero-DCE trained on the synthetic night frames (``--relight official`` uses the
 official weights from ../shared/realdata instead). Runs are resumable (rerun the same command). Each
 job trains with one torch thread (``--override train.cpu_threads=N`` changes it) and loads data in its own

@@ -5,7 +5,7 @@
    ../shared/realdata/bdd100k_night (per-class frequency, and where each class sits in the frame: its
    distribution over 10 row bins (vertical profile) and over 10 column bins (horizontal profile), compared
    by total-variation distance).
-2. Exposure: histograms of HSV V = max(R,G,B) over 10 bins, day vs night (as seed 001, Fig. 4), next to
+2. Exposure: histograms of HSV V = max(R,G,B) over 10 bins, day vs night (as in the EGNet paper, Fig. 4), next to
    the real frames of ../shared/realdata/README.md; where over-exposed night pixels come from (light
    sources vs sky).
 3. Day/night pairs: static-class agreement after undoing the camera offset; dynamic objects differ.

@@ -1,4 +1,4 @@
-"""Seed 004 (day<->night translation) on the synthetic benchmark: CycleGAN, both methods, the ratio sweep.
+"""See Clearer at Night (day<->night translation) on the synthetic benchmark: CycleGAN, both methods, the ratio sweep.
 
 1. trains one CPU-sized CycleGAN on synthetic day (Cityscapes layout, train) vs night
    (Dark Zurich layout, train night frames), unpaired;
@@ -248,7 +248,7 @@ def _plot_ratio(sweep: dict[float, list[dict]], method1: list[dict], path: Path)
     ax.set_xlabel("ratio r of day training images translated to night")
     ax.set_ylabel("mIoU (%)")
     ax.set_xticks(ratios)
-    ax.set_title("Seed 004 ratio sweep, synthetic 64x128 (mean ± std over seeds)")
+    ax.set_title("See Clearer at Night ratio sweep, synthetic 64x128 (mean ± std over seeds)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)

@@ -1,4 +1,4 @@
-"""Cross attention (seed 000, Eq. 2-3): identity at alpha=0, gradients, policies, sdpa == naive."""
+"""Cross attention (ULCA, Eq. 2-3): identity at alpha=0, gradients, policies, sdpa == naive."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_automatic_chunking_with_recompute_matches_unchunked(monkeypatch):
     g = torch.Generator().manual_seed(1)
     night, day = torch.randn(1, 16, 9, 10, generator=g), torch.randn(1, 16, 9, 10, generator=g)
     monkeypatch.setattr(ca, "CHUNK_ELEMENTS", 1)  # -> chunks of 64 query positions (of 90)
-    assert ca._auto_chunk(torch.zeros(1, 1, 90, 2), torch.zeros(1, 1, 90, 16)) == 64
+    assert ca.auto_chunk(torch.zeros(1, 1, 90, 2), torch.zeros(1, 1, 90, 16)) == 64
     chunked = CrossAttention(16, reduction=8)
     whole = CrossAttention(16, reduction=8, chunk_size=10**6)
     whole.load_state_dict(chunked.state_dict())

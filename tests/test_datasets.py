@@ -38,7 +38,6 @@ from nightseg.data import (
     BDD100K,
     DATASET_NAMES,
     DATASETS,
-    TRAIN_PRESETS,
     Cityscapes,
     DarkZurich,
     DarkZurichPairs,
@@ -49,7 +48,6 @@ from nightseg.data import (
     build_dataset,
     denormalize_imagenet,
     normalize_imagenet,
-    preset_transform,
     train_transform,
 )
 from nightseg.data.check import SELECTION_FLAGS, check_dataset, selection_options
@@ -537,16 +535,20 @@ def _crop_of(transform) -> RandomScaleCrop:
     return crop
 
 
-def test_train_presets_have_the_seeds_settings_and_can_be_overridden():
-    # seed 000 Sec. 4.1 (after DANNet): Cityscapes crop 512 at scale 0.5-1.0, Dark Zurich crop 960 at 0.9-1.1
-    assert TRAIN_PRESETS["cityscapes"] == {"crop_size": 512, "scale_range": (0.5, 1.0)}
-    assert TRAIN_PRESETS["dark_zurich"] == TRAIN_PRESETS["dark_zurich_pairs"] == {
-        "crop_size": 960, "scale_range": (0.9, 1.1)}
-    cs, dz = preset_transform("cityscapes"), preset_transform("dark_zurich_pairs")
+def test_paper_recipe_crops_have_the_seeds_settings():
+    # ULCA Sec. 4.1 (after DANNet): Cityscapes crop 512 at scale 0.5-1.0, Dark Zurich crop 960 at 0.9-1.1, flip;
+    # the recipe's streams are the one place these settings live (built by build_transform -> train_transform)
+    from nightseg.core.config import load_config
+    from nightseg.data.streams import build_transform
+    from nightseg.pipelines.recipes import CONFIG_DIR
+
+    cfg = load_config(CONFIG_DIR / "ulca.yaml")
+    cs, dz = build_transform(cfg.data.source, train=True), build_transform(cfg.data.target, train=True)
     assert (_crop_of(cs).crop_size, _crop_of(cs).scale_range) == ((512, 512), (0.5, 1.0))
     assert (_crop_of(dz).crop_size, _crop_of(dz).scale_range) == ((960, 960), (0.9, 1.1))
     assert [type(t).__name__ for t in cs.transforms] == ["RandomScaleCrop", "RandomHorizontalFlip"]
-    # the drawn scale stays in the preset's range: a 1024x2048 frame is scaled to 512-1024 rows
+    assert build_transform(cfg.data.val, train=False) is None
+    # the drawn scale stays in the recipe's range: a 1024x2048 frame is scaled to 512-1024 rows
     frame = [tv_tensors.Image(torch.zeros(3, 1024, 2048, dtype=torch.uint8))]
     torch.manual_seed(0)
     rows = [_crop_of(cs).make_params(frame)["size"][0] for _ in range(200)]
@@ -558,14 +560,11 @@ def test_train_presets_have_the_seeds_settings_and_can_be_overridden():
               "label": tv_tensors.Mask(torch.zeros(1080, 1920, dtype=torch.uint8))}
     out = dz(sample)
     assert out["image"].shape == (3, 960, 960) and out["label"].shape == (960, 960)
-    # every setting can be overridden; the others keep the preset's value
-    custom = preset_transform("dark_zurich", crop_size=(480, 640), out_size=512, hflip=False)
+    # every setting of train_transform can be chosen
+    custom = train_transform(crop_size=(480, 640), scale_range=(0.9, 1.1), out_size=512, hflip=False)
     assert (_crop_of(custom).crop_size, _crop_of(custom).scale_range) == ((480, 640), (0.9, 1.1))
     assert [type(t) for t in custom.transforms] == [RandomScaleCrop, Resize] and custom.transforms[1].size == [512, 512]
-    assert preset_transform("dark_zurich", crop_size=(480, 640))(sample)["image"].shape == (3, 480, 640)
-    assert _crop_of(preset_transform("cityscapes", scale_range=(1.0, 1.0))).scale_range == (1.0, 1.0)
-    assert _crop_of(preset_transform("unknown")).crop_size == (512, 512)  # falls back to the Cityscapes preset
-    assert TRAIN_PRESETS["cityscapes"]["crop_size"] == 512  # overriding does not change the preset
+    assert train_transform(crop_size=(480, 640), scale_range=(0.9, 1.1))(sample)["image"].shape == (3, 480, 640)
 
 
 def test_flip_applies_jointly():
@@ -611,34 +610,6 @@ def test_gaussian_blur_per_sample_sigma():
     assert torch.allclose(y[0], x[0], atol=1e-6)
     assert float(y[1].std()) < 0.5 * float(x[1].std())
     assert torch.allclose(y[1].mean(), x[1].mean(), atol=0.02)
-
-
-# ------------------------------------------------------------------------------------------- DataModules
-def test_datamodules_batches_and_domain_adaptation(tmp_path, realdata):
-    from nightseg.data.datamodules import DomainAdaptationDataModule, SegmentationDataModule
-
-    make_cityscapes(tmp_path / "cs", realdata)
-    make_dark_zurich(tmp_path / "dz", realdata)
-    source = SegmentationDataModule("cityscapes", tmp_path / "cs", batch_size=2, num_workers=0, crop_size=24, seed=5)
-    source.setup("fit")
-    torch.manual_seed(0)  # without workers the crops draw from torch's global generator
-    batch = next(iter(source.train_dataloader()))
-    assert batch["image"].shape == (2, 3, 24, 24) and batch["label"].dtype == torch.int64
-    again = SegmentationDataModule("cityscapes", tmp_path / "cs", batch_size=2, num_workers=0, crop_size=24, seed=5)
-    again.setup("fit")
-    torch.manual_seed(0)
-    assert torch.equal(next(iter(again.train_dataloader()))["image"], batch["image"])
-    val = next(iter(source.val_dataloader()))
-    assert val["image"].shape == (1, 3, 128, 256) and val["name"] == ["frankfurt_000000_000294"]
-    target = SegmentationDataModule("dark_zurich_pairs", tmp_path / "dz", batch_size=2, num_workers=0, crop_size=16)
-    dm = DomainAdaptationDataModule(source, target)
-    dm.setup("fit")
-    combined = dm.train_dataloader()
-    iter(combined)
-    first, *_ = next(iter(combined))
-    assert first["source"]["image"].shape == (2, 3, 24, 24)
-    assert first["target"]["night"].shape == first["target"]["day"].shape == (2, 3, 16, 16)
-    assert next(iter(dm.val_dataloader()))["invalid"].dtype == torch.bool
 
 
 def test_dataloader_with_workers_is_deterministic(tmp_path, realdata):

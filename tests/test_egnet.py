@@ -1,4 +1,4 @@
-"""EGNet (seed 001, Sec. 4): guidance layer (Eq. 1), exposure target, ablation variants, the recipe's loss,
+"""EGNet (Sec. 4): guidance layer (Eq. 1), exposure target, ablation variants, the recipe's loss,
 a 2-step training run on the tiny synthetic preset, and inference from its checkpoint."""
 
 from __future__ import annotations
@@ -22,13 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 CPU_CONFIG = REPO / "configs" / "cpu" / "egnet.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread (the shared 2-core machine); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------------------------- guidance layer

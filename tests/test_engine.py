@@ -202,7 +202,7 @@ def test_step_streams_are_a_pure_function_of_position():
 
 
 def test_training_state_round_trip_without_pickle(tmp_path):
-    from nightseg.engine.state import load_state, save_state
+    from nightseg.core.training_state import load_state, save_state
 
     state = {"global_step": 7, "state_dict": {"a.weight": torch.randn(3, 2), "b": torch.arange(4)},
              "optimizer_states": [{"state": {0: {"momentum_buffer": torch.ones(2)}}, "param_groups": [
@@ -224,7 +224,7 @@ def test_training_state_round_trip_without_pickle(tmp_path):
 
 
 def test_training_state_write_is_atomic(tmp_path, monkeypatch):
-    import nightseg.engine.state as tc
+    import nightseg.core.training_state as tc
 
     folder = tmp_path / "state"
     tc.save_state({"global_step": 1, "w": torch.zeros(3)}, folder)
@@ -243,7 +243,7 @@ def test_training_state_write_is_atomic(tmp_path, monkeypatch):
 
 def test_training_state_errors_name_the_file(tmp_path):
     from nightseg.core.errors import UserError
-    from nightseg.engine.state import load_state
+    from nightseg.core.training_state import load_state
 
     folder = tmp_path / "state"
     folder.mkdir()
@@ -315,6 +315,7 @@ def test_supervised_init_checkpoint_starts_from_its_weights(tmp_path):
         Supervised(config_from_dict(recipe))
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_identical_weights(tmp_path, run_cli):
     """Uninterrupted run vs. a subprocess SIGKILLed mid-run (after its step-4 state) and resumed."""
     from nightseg.core.config import config_from_dict
@@ -374,6 +375,7 @@ def test_sigterm_stops_at_step_boundary_and_resumes_exactly(tmp_path):
     same_tensors(weights(tmp_path / "straight"), weights(tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu_reduces_the_confusion_matrix(tmp_path):
     """`nightseg train` with 2 CPU processes (gloo): the val scores equal a 1-process evaluation."""
     from nightseg.core.checkpoint import load_checkpoint

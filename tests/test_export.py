@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from nightseg.core.checkpoint import save_checkpoint
 from nightseg.inference import InferenceNet, OnnxNet, Predictor, load_inference_net
 from nightseg.inference.onnx import (
     PARITY_TOLERANCE,
@@ -22,12 +21,8 @@ from nightseg.models import DCENet, build_segmenter
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = build_segmenter("pspnet_tiny").eval()
-    path = tmp_path_factory.mktemp("export") / "model.safetensors"
-    save_checkpoint(path, model.state_dict(), {"model": model.config})
-    return path
+def ckpt(tiny_checkpoint: Path) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

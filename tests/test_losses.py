@@ -1,4 +1,4 @@
-"""ULCA loss terms against hand-computed values (seed 000, Eq. 4-8) and the pseudo-label fusion."""
+"""ULCA loss terms against hand-computed values (ULCA, Eq. 4-8) and the pseudo-label fusion."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Confusion matrix, segmentation scores and the exposure-aware F1 (seed 001, Sec. 5.1)."""
+"""Confusion matrix, segmentation scores and the exposure-aware F1 (EGNet paper, Sec. 5.1)."""
 
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ from nightseg.models import build_segmenter, fuse_batchnorm, list_segmenters
 from nightseg.models.backbones import dilate_resnet
 
 ALL = list_segmenters()
+LARGE = {"segformer_b3", "segformer_b4", "segformer_b5", "pspnet_r50"}  # seconds each on 2 cores: the slow lane
+CASES = [pytest.param(name, marks=pytest.mark.slow) if name in LARGE else name for name in ALL]
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +46,7 @@ def _model(name: str) -> torch.nn.Module:
     return _BUILT[name]
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", CASES)
 def test_shapes_and_encode_decode_split(name):
     model = _model(name).eval()
     x = torch.rand(1, 3, 32, 64)
@@ -61,7 +63,7 @@ def test_shapes_and_encode_decode_split(name):
     assert "mean" not in model.state_dict() and "std" not in model.state_dict()
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", CASES)
 def test_gradients_reach_every_parameter(name):
     model = _model(name).train()
     _BUILT.pop(name, None)

@@ -1,4 +1,4 @@
-"""NightLab (seed 003): box derivation, HDM relabelling (Eq. 1-2), the merge (Sec. B), the RDN, and a tiny
+"""NightLab: box derivation, HDM relabelling (Eq. 1-2), the merge (Sec. B), the RDN, and a tiny
 end-to-end run whose checkpoint loads in `Predictor.from_checkpoint`."""
 
 from __future__ import annotations
@@ -99,6 +99,52 @@ def test_rdn_loss_uses_the_hdm_labels_as_targets():
     (b0, s0), _ = rdn.propose(x)
     assert b0.shape[1] == 4 and len(b0) == len(s0) > 0 and bool((s0[:-1] >= s0[1:]).all())
     assert float(b0[:, 2].max()) <= 64 and float(b0[:, 3].max()) <= 32
+
+
+@pytest.mark.slow
+def test_train_rdn_resumes_from_its_state_exactly(tmp_path, monkeypatch):
+    """A killed `train_rdn` continued from its ``state_dir`` ends with the weights and losses of an
+    uninterrupted run (same batches, flips, RPN anchor samples, SGD momentum and poly schedule)."""
+    from nightseg.core.errors import UserError
+    from nightseg.core.loop_state import state_step
+    from nightseg.methods.nightlab import train_rdn
+
+    g = torch.Generator().manual_seed(0)
+    samples = [(torch.rand(3, 32, 64, generator=g), torch.zeros(32, 64, dtype=torch.long),
+                torch.tensor([[8.0 + 4 * i, 8.0, 24.0 + 4 * i, 24.0]])) for i in range(3)]
+
+    def fresh() -> RDN:
+        torch.manual_seed(0)
+        return RDN(stages=1, anchor_sizes=(8, 16), aspect_ratios=(1.0,), batch_per_image=64)
+
+    kw = {"steps": 5, "batch_size": 2, "lr": 0.01, "seed": 3, "flip": True}
+    plain = fresh()
+    plain_losses = train_rdn(plain, samples, **kw)
+    saved = fresh()
+    assert train_rdn(saved, samples, **kw, state_dir=tmp_path / "full", save_every=2) == plain_losses
+    assert state_step(tmp_path / "full") == 5  # saved at steps 2, 4 and at the end
+
+    real, calls = RDN.losses, []
+
+    def dying(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # killed in step 4: the last state is the one after step 2
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RDN, "losses", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train_rdn(fresh(), samples, **kw, state_dir=tmp_path / "cut", save_every=2)
+    monkeypatch.setattr(RDN, "losses", real)
+    assert state_step(tmp_path / "cut") == 2
+    resumed = fresh()
+    torch.manual_seed(1234)  # as in a new process: the global generator state must not matter
+    assert train_rdn(resumed, samples, **kw, state_dir=tmp_path / "cut", save_every=2) == plain_losses
+    for net in (saved, resumed):
+        assert net.state_dict().keys() == plain.state_dict().keys()
+        assert all(torch.equal(v, plain.state_dict()[k]) for k, v in net.state_dict().items())
+    with pytest.raises(UserError, match=r"cut.state\.json: was trained with other settings \(seed=3"):
+        train_rdn(fresh(), samples, **{**kw, "seed": 4}, state_dir=tmp_path / "cut")
 
 
 # --------------------------------------------------------------------------------------------- merge

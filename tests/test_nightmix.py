@@ -1,4 +1,4 @@
-"""NightMix (seed 000, Section 3.1): mask from a hand-made label with a fixed generator, mixed image/label."""
+"""NightMix (ULCA, Section 3.1): mask from a hand-made label with a fixed generator, mixed image/label."""
 
 from __future__ import annotations
 

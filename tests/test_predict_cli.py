@@ -9,7 +9,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from nightseg.core.checkpoint import save_checkpoint
 from nightseg.core.classes import PALETTE
@@ -20,12 +19,8 @@ H, W = 40, 64
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = build_segmenter("pspnet_tiny").eval()
-    path = tmp_path_factory.mktemp("ckpt") / "best.safetensors"
-    save_checkpoint(path, model.state_dict(), {"model": model.config})
-    return path
+def ckpt(tiny_checkpoint: Path) -> Path:
+    return tiny_checkpoint
 
 
 def _image(seed: int, h: int = H, w: int = W) -> np.ndarray:
@@ -157,13 +152,9 @@ def test_predict_video_with_overlay_and_resume(ckpt, tmp_path, run_cli):
 
 # --------------------------------------------------------------------------------------------- evaluate
 @pytest.fixture(scope="module")
-def dark_zurich(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from nightseg.synthetic import generator as synthetic
-
-    root = tmp_path_factory.mktemp("synth")
+def dark_zurich(synthetic_set) -> Path:
     counts = {"train": 0, "val": 0, "pairs": 0, "night_val": 3, "night_train": 0, "nightcity_val": 0}
-    synthetic.generate(root, preset="tiny", counts=counts, progress=False)
-    return root / "dark_zurich"
+    return synthetic_set(counts) / "dark_zurich"
 
 
 def test_evaluate_report_agrees_with_eval_of_predicted_files(ckpt, dark_zurich, tmp_path, run_cli):

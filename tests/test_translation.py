@@ -1,4 +1,4 @@
-"""Seed 004 day<->night CycleGAN: losses, image pool, train/resume/apply, translated datasets, predict --night2day."""
+"""See Clearer at Night day<->night CycleGAN: losses, image pool, train/resume/apply, translated datasets, predict --night2day."""
 
 from __future__ import annotations
 

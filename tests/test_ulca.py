@@ -1,4 +1,4 @@
-"""The ULCA recipe (seed 000): a few training steps on tiny random data, switches, frozen relighting, export.
+"""The ULCA recipe (ULCA): a few training steps on tiny random data, switches, frozen relighting, export.
 
 Tiny datasets below are importable as ``test_ulca:tiny_source`` / ``tiny_pairs`` / ``tiny_val`` so that
 the engine's ``module:factory`` dataset hook can build them.
@@ -83,13 +83,7 @@ def tiny_val(root, split, transform=None, **kw):
 
 
 # --------------------------------------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster than two fighting for a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from nightseg.core.errors import TrainingInterrupted, UserError
 
 # command name -> module under nightseg.commands; one line per command.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("demo", "seed 000 end to end on synthetic day/night scenes (CPU, minutes)"),
+    "demo": ("demo", "ULCA end to end on synthetic day/night scenes (CPU, minutes)"),
     "eval": ("eval_folder", "score a folder of prediction PNGs against ground truth"),
     "relight": ("relight", "train or apply the Zero-DCE relighting network"),
     "data": ("data", "check a dataset copy: counts, unmatched files, label values, sizes"),
@@ -29,8 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "score a checkpoint on a dataset split (report + plots)"),
     "submit": ("submit", "pack predictions into a benchmark submission zip"),
     "export": ("export", "export a checkpoint to ONNX (checked against PyTorch)"),
-    "translate": ("translate", "train or apply a day<->night CycleGAN translator (seed 004)"),
-    "nightlab": ("nightlab", "NightLab (seed 003): hard classes, region model, RDN/HDM, merge"),
+    "translate": ("translate", "train or apply a day<->night CycleGAN translator (See Clearer at Night)"),
+    "nightlab": ("nightlab", "NightLab: hard classes, region model, RDN/HDM, merge"),
 }
 
 log = logging.getLogger("nightseg")

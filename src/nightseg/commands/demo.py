@@ -9,7 +9,7 @@ from typing import Any
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add the `demo` command."""
     p = subparsers.add_parser(
-        "demo", parents=[common], help="seed 000 end to end on synthetic day/night scenes (CPU, minutes)",
+        "demo", parents=[common], help="ULCA end to end on synthetic day/night scenes (CPU, minutes)",
         description="Generate synthetic day/night street scenes, train source-only, ULCA and a night-supervised "
         "oracle on the CPU, score them on synthetic night val and write a report. Rerun to resume.",
     )

@@ -1,7 +1,7 @@
 """`nightseg evaluate CKPT --dataset NAME --root DIR [--split val] [--out DIR]`: score a checkpoint on a dataset.
 
 Runs the model over every sample of the split (the dataset loaders of `nightseg.data`, full resolution)
-and reports mIoU and per-class IoU over all labelled pixels, mEF1 and IoU per exposure bin (seed 001),
+and reports mIoU and per-class IoU over all labelled pixels, mEF1 and IoU per exposure bin (EGNet paper),
 and, where the dataset has invalid masks (Dark Zurich val, ACDC), the uncertainty-aware mUIoU of the
 Dark Zurich benchmark (pixels whose confidence is below ``--invalid-threshold`` declared invalid), its
 average over confidence thresholds and the mIoU over valid pixels only. Writes ``report.md``,

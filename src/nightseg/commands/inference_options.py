@@ -18,7 +18,7 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
                         "or the weights W (Epoch99.pth / .safetensors / official); default: only if the checkpoint bundles one")
     p.add_argument("--no-relight", action="store_true", help="never relight, even if the checkpoint bundles a net")
     p.add_argument("--night2day", type=Path, metavar="CKPT",
-                   help="translate each image night->day first with a `nightseg translate train` generator (seed 004)")
+                   help="translate each image night->day first with a `nightseg translate train` generator (See Clearer at Night)")
     p.add_argument("--sliding", action="store_true", help="sliding-window instead of whole-image inference")
     p.add_argument("--window", help="sliding window HxW (default 512x512)")
     p.add_argument("--stride", help="sliding stride HxW (default 2/3 of the window)")

@@ -1,4 +1,4 @@
-"""`nightseg nightlab --config FILE --out DIR [KEY=VALUE...]`: the NightLab stages (seed 003), resumable.
+"""`nightseg nightlab --config FILE --out DIR [KEY=VALUE...]`: the NightLab stages (NightLab), resumable.
 
 Thin wrapper around `nightseg.methods.nightlab.run_nightlab`; see that module for the stages.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add the `nightlab` command."""
     p = subparsers.add_parser(
-        "nightlab", parents=[common], help="NightLab (seed 003): Phi_I, hard classes, Phi_R, RDN, HDM, merge",
+        "nightlab", parents=[common], help="NightLab: Phi_I, hard classes, Phi_R, RDN, HDM, merge",
         description="Run the NightLab stages into --out (rerun the same command to resume): Phi_I, hard-class "
         "selection, the region-level model Phi_R, the RDN, the HDM labels and training, and the export of "
         "OUT/nightlab.safetensors (and OUT/nightlab_rdn.safetensors, without HDM) for `nightseg predict`.",

@@ -3,9 +3,9 @@
     nightseg relight train --images DIR [--out W.safetensors] [--epochs N] [--size S] [--seed N] [--resume]
     nightseg relight apply INPUT... --out DIR [--weights W]
 
-Training writes W.safetensors (the DCE-Net weights, usable with ``--weights``) and W.train.safetensors
-(weights + Adam state, for ``--resume``) atomically after every epoch; a resumed run gives the same
-weights as an uninterrupted one. INPUTs of ``apply`` are image files, folders (searched recursively,
+Training writes W.safetensors (the DCE-Net weights, usable with ``--weights``) and the training state
+W.train/ (weights + Adam state, for ``--resume``) atomically after every epoch; a resumed run gives the
+same weights as an uninterrupted one. INPUTs of ``apply`` are image files, folders (searched recursively,
 sub-folders kept in the output) or glob patterns; outputs are PNGs.
 """
 
@@ -43,7 +43,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     )
     train.add_argument("--batch-size", type=int, default=8, help="images per step (default 8, as the paper)")
     train.add_argument("--seed", type=int, default=0, help="random seed (training is deterministic by seed)")
-    train.add_argument("--resume", action="store_true", help="continue from OUT's .train.safetensors state")
+    train.add_argument("--resume", action="store_true", help="continue from the training state beside OUT (W.safetensors -> W.train/)")
     train.set_defaults(relight_func=run_train)
 
     apply = sub.add_parser("apply", parents=[common], help="relight images with trained or official weights")

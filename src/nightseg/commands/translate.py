@@ -1,4 +1,4 @@
-"""`nightseg translate train|apply|dataset`: day <-> night translation with CycleGAN (seed 004).
+"""`nightseg translate train|apply|dataset`: day <-> night translation with CycleGAN (See Clearer at Night).
 
     nightseg translate train --day DIR --night DIR --out RUN [--steps N] [--size HxW] [--channels C]
                              [--blocks B] [--seed N] [--resume]
@@ -12,7 +12,7 @@
 sample grids RUN/samples/step_*.png. ``apply`` translates image files, folders (recursive, sub-folders
 kept) or glob patterns into PNGs, skipping finished ones. ``dataset`` copies one split of a dataset
 with a share ``--ratio`` of its images translated and the labels unchanged, same names, so the layout's
-loader reads the copy: ``--layout cityscapes`` (default; day->night, split train: seed 004, method 2) or
+loader reads the copy: ``--layout cityscapes`` (default; day->night, split train: See Clearer at Night, method 2) or
 ``--layout dark_zurich`` (night->day of ``rgb_anon/<split>/<condition>``, split val, ``gt/`` copied).
 A rerun writes only the missing files (an interrupted run's rest, or deleted outputs). See
 `nightseg.pipelines.translation`.

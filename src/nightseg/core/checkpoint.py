@@ -7,7 +7,6 @@ unpickled: safetensors holds plain tensors, JSON holds the rest. Both files are 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from nightseg.core.errors import UserError
-from nightseg.core.io import atomic_path, write_json
+from nightseg.core.io import atomic_path, read_format_json, write_json
 
 FORMAT = "nightseg-checkpoint"
 VERSION = 1
@@ -47,18 +46,8 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], m
 def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """Return the metadata dict of the checkpoint at `path`; raise a UserError if absent or foreign."""
     path = Path(path)
-    meta_file = metadata_path(path)
-    if not meta_file.is_file():
-        raise UserError(f"{meta_file}: metadata file missing; a NightSeg checkpoint is a .safetensors file plus a .json beside it")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{meta_file}: not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise UserError(f"{meta_file}: not a NightSeg checkpoint (missing \"format\": \"{FORMAT}\")")
-    if int(meta.get("version", 0)) > VERSION:
-        raise UserError(f"{meta_file}: checkpoint version {meta['version']} is newer than this NightSeg supports ({VERSION}); upgrade nightseg")
-    return meta
+    return read_format_json(metadata_path(path), FORMAT, VERSION, "checkpoint",
+                            "metadata file missing; a NightSeg checkpoint is a .safetensors file plus a .json beside it")
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

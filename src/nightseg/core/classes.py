@@ -43,13 +43,13 @@ IGNORE_COLOR = (0, 0, 0)
 
 STATIC_CLASSES: tuple[int, ...] = tuple(range(0, 11))
 """DANNet's static classes: road, sidewalk, building, wall, fence, pole, traffic light, traffic sign,
-vegetation, terrain, sky (trainIds 0-10). The static loss of seed 000 (Eq. 7-8) is computed on them."""
+vegetation, terrain, sky (trainIds 0-10). The static loss of ULCA (Eq. 7-8) is computed on them."""
 
 DYNAMIC_CLASSES: tuple[int, ...] = tuple(range(11, 19))
 """The dynamic classes: person, rider, car, truck, bus, train, motorcycle, bicycle (trainIds 11-18)."""
 
 DEFAULT_EASY_CLASSES: tuple[str, ...] = ("road", "vegetation", "sky")
-"""Classes that NightMix (seed 000, Section 3.1) never selects for the mixing mask: large, easy regions."""
+"""Classes that NightMix (ULCA, Section 3.1) never selects for the mixing mask: large, easy regions."""
 
 
 def class_index(name: str) -> int:
@@ -74,7 +74,7 @@ def class_ids(names_or_ids: Iterable[str | int]) -> tuple[int, ...]:
 
 
 def hard_classes(easy: Sequence[str | int] = DEFAULT_EASY_CLASSES) -> tuple[int, ...]:
-    """Return the trainIds NightMix may select: every class except the `easy` ones (seed 000, Sec. 3.1)."""
+    """Return the trainIds NightMix may select: every class except the `easy` ones (ULCA, Sec. 3.1)."""
     easy_ids = set(class_ids(easy))
     return tuple(i for i in range(NUM_CLASSES) if i not in easy_ids)
 

@@ -200,3 +200,23 @@ def expand_image_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
             )
         seen[rel] = src
     return list(dict.fromkeys(pairs))
+
+
+def read_format_json(path: Path, fmt: str, version: int, kind: str, missing: str) -> dict[str, Any]:
+    """Return the JSON object at `path` that declares ``"format": fmt`` and a version up to `version`.
+
+    One-line UserErrors name `path`: `missing` when there is no file, and for invalid JSON, another
+    format (`kind` says what was expected, e.g. "checkpoint") or a newer version.
+    """
+    if not path.is_file():
+        raise UserError(f"{path}: {missing}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}); the {kind} is damaged") from exc
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise UserError(f"{path}: not a NightSeg {kind} (missing \"format\": \"{fmt}\")")
+    if int(data.get("version", 0)) > version:
+        raise UserError(f"{path}: {kind} version {data['version']} is newer than this NightSeg supports ({version}); "
+                        "upgrade nightseg")
+    return data

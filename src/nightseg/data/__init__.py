@@ -2,16 +2,12 @@
 
 ``build_dataset(name, root, split, **kw)`` builds any dataset by name (see ``DATASET_NAMES``); every
 dataset validates its root at construction and returns samples following the data contract
-(`nightseg.data.common`). Lightning DataModules live in `nightseg.data.datamodules` (imported on
-demand, so that `import nightseg.data` does not import Lightning).
+(`nightseg.data.common`). `nightseg.data.streams` turns a recipe's streams into the step-indexed
+training data of the engine.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-from nightseg.core.errors import UserError
 from nightseg.data.acdc import ACDC
 from nightseg.data.bdd100k import BDD100K
 from nightseg.data.cityscapes import Cityscapes
@@ -21,45 +17,16 @@ from nightseg.data.folder import FolderDataset
 from nightseg.data.nightcity import NightCity, NightCityPlus
 from nightseg.data.nighttime_driving import NighttimeDriving
 from nightseg.data.photometric import StrongConfig, WeakConfig, strong_augment, weak_augment
+from nightseg.data.registry import DATASET_NAMES, DATASETS, build_dataset, dataset_class
 from nightseg.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    TRAIN_PRESETS,
     RandomScaleCrop,
     Resize,
     denormalize_imagenet,
     normalize_imagenet,
-    preset_transform,
     train_transform,
 )
-
-DATASETS: dict[str, type[SegmentationDataset]] = {
-    "cityscapes": Cityscapes,
-    "dark_zurich": DarkZurich,
-    "dark_zurich_pairs": DarkZurichPairs,
-    "acdc": ACDC,
-    "nighttime_driving": NighttimeDriving,
-    "nightcity": NightCity,
-    "nightcity+": NightCityPlus,
-    "bdd100k": BDD100K,
-    "folder": FolderDataset,
-}
-DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
-
-
-def dataset_class(name: str) -> type[SegmentationDataset]:
-    """Return the dataset class registered as `name` (case-insensitive, '-' = '_'); UserError if unknown."""
-    key = name.strip().lower().replace("-", "_")
-    if key not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
-    return DATASETS[key]
-
-
-def build_dataset(name: str, root: str | Path, split: str | None = None, **kw: Any) -> SegmentationDataset:
-    """Return dataset `name` at `root` for `split` (its default split when None); `kw` go to the class."""
-    cls = dataset_class(name)
-    return cls(root, split, **kw) if split is not None else cls(root, **kw)
-
 
 __all__ = [
     "ACDC",
@@ -70,7 +37,6 @@ __all__ = [
     "IMAGENET_STD",
     "LABEL_IDS",
     "TRAIN_IDS",
-    "TRAIN_PRESETS",
     "Cityscapes",
     "DarkZurich",
     "DarkZurichPairs",
@@ -90,7 +56,6 @@ __all__ = [
     "dataset_class",
     "denormalize_imagenet",
     "normalize_imagenet",
-    "preset_transform",
     "strong_augment",
     "train_transform",
     "weak_augment",

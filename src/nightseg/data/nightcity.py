@@ -78,7 +78,7 @@ class NightCity(SegmentationDataset):
 
 
 class NightCityPlus(NightCity):
-    """NightCity+: NightCity with the val set relabelled (NightLab, seed 003); same layout and encoding."""
+    """NightCity+: NightCity with the val set relabelled (NightLab, NightLab); same layout and encoding."""
 
     DATASET = "NightCity+"
     SPLITS = ("train", "val")

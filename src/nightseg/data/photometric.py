@@ -1,4 +1,4 @@
-"""Batched photometric augmentation for consistency training (seed 000, Sec. 3.3, after FixMatch).
+"""Batched photometric augmentation for consistency training (ULCA, Sec. 3.3, after FixMatch).
 
 The prediction on a *weakly* augmented night image supervises the prediction on a *strongly* augmented
 copy: "weak Gaussian noise is used for weakly augmentation, while Gaussian blur, color shift, brightness
@@ -156,7 +156,7 @@ def strong_augment(x: torch.Tensor, generator: torch.Generator | None = None,
 
 
 def hsv_value(image: torch.Tensor) -> torch.Tensor:
-    """Return the HSV value ``V = max(R, G, B)`` of ``[..., 3, H, W]`` images as float32 in [0, 1] (seed 001, Sec. 3).
+    """Return the HSV value ``V = max(R, G, B)`` of ``[..., 3, H, W]`` images as float32 in [0, 1] (EGNet paper, Sec. 3).
 
     uint8 images are divided by 255; floating-point images are taken to be in [0, 1] already.
     """

@@ -17,11 +17,14 @@ from typing import Any
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torchvision.transforms import v2
 
 from nightseg.core.config import Config
 from nightseg.core.errors import UserError
 from nightseg.core.factory import import_factory
 from nightseg.core.seeding import seeded, step_seed
+from nightseg.data.registry import build_dataset
+from nightseg.data.transforms import Resize, train_steps
 
 STREAMS = ("source", "target")
 
@@ -99,24 +102,16 @@ class ShardSampler(Sampler[int]):
 
 
 def build_transform(stream: Any, train: bool) -> Any:
-    """Return the joint transform of a stream config: resize, then (training) random scale-crop, resize of
-    the crop to ``out_size``, and flip (`nightseg.data.transforms`; random draws from torch's generator)."""
-    from torchvision.transforms import v2
-
-    from nightseg.data.transforms import RandomScaleCrop, Resize
-
+    """Return the joint transform of a stream config: resize, then (training) the random
+    scale-crop, resize of the crop to ``out_size`` and flip (`train_steps`) (random draws from torch's generator)."""
     steps: list[Any] = []
     if stream.resize is not None:
         steps.append(Resize(list(stream.resize)))
     if train:
-        if stream.crop is not None:
-            steps.append(RandomScaleCrop(list(stream.crop), tuple(stream.scale)))
-        elif tuple(stream.scale) != (1.0, 1.0):
+        if stream.crop is None and tuple(stream.scale) != (1.0, 1.0):
             raise UserError(f"data stream {stream.dataset}: 'scale' {stream.scale} needs a 'crop' size as well")
-        if stream.out_size is not None:
-            steps.append(Resize(list(stream.out_size)))
-        if stream.flip:
-            steps.append(v2.RandomHorizontalFlip(p=0.5))
+        crop = list(stream.crop) if stream.crop is not None else None
+        steps.extend(train_steps(crop, tuple(stream.scale), stream.flip, stream.out_size))
     return v2.Compose(steps) if steps else None
 
 
@@ -127,8 +122,6 @@ def build_stream_dataset(stream: Any, data_root: str, train: bool) -> Dataset:
     if ":" in stream.dataset:
         dataset = import_factory(stream.dataset, "dataset")(root, stream.split, transform=transform, **stream.options)
     else:
-        from nightseg.data import build_dataset
-
         dataset = build_dataset(stream.dataset, root, stream.split, transform=transform, **stream.options)
     if stream.limit is not None and stream.limit < len(dataset):
         dataset = Subset(dataset, range(stream.limit))

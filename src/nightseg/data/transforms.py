@@ -8,8 +8,10 @@ with 0 and masks with 255 (ignore; an ``invalid`` mask padded with 255 reads as 
 Random draws use torch's global generator, so a sample's geometry is fixed by ``torch.manual_seed`` (and
 in DataLoader workers by the per-worker seed torch derives from the loader's generator).
 
-Settings of the seed papers (seed 000, Sec. 4.1, following DANNet): Cityscapes random crop 512 at scale
-0.5-1.0, Dark Zurich random crop 960 at scale 0.9-1.1, random horizontal flip.
+The training crops of a recipe are set in its YAML (``data.source.crop``/``scale``/``flip``/``out_size``) and
+built by `nightseg.data.streams.build_transform` through `train_transform`; the paper recipes use ULCA's
+settings (Sec. 4.1, following DANNet): Cityscapes random crop 512 at scale 0.5-1.0, Dark Zurich random crop
+960 at scale 0.9-1.1, random horizontal flip.
 """
 
 from __future__ import annotations
@@ -26,23 +28,6 @@ from nightseg.core.classes import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    # the seeds' settings (seed 000 Sec. 4.1 / DANNet): Cityscapes 2048x1024, Dark Zurich 1920x1080
-    "cityscapes": {"crop_size": 512, "scale_range": (0.5, 1.0)},
-    "dark_zurich": {"crop_size": 960, "scale_range": (0.9, 1.1)},
-    "dark_zurich_pairs": {"crop_size": 960, "scale_range": (0.9, 1.1)},
-    # ACDC is recorded with the Dark Zurich camera at 1920x1080: same setting
-    "acdc": {"crop_size": 960, "scale_range": (0.9, 1.1)},
-    # smaller datasets: the crop covers the same share of the scene as the Cityscapes preset
-    # (NightCity 1024x512 = Cityscapes at 1/2; BDD100K 1280x720 = 5/8 of the Cityscapes width)
-    "nightcity": {"crop_size": 512, "scale_range": (1.0, 2.0)},
-    "nightcity+": {"crop_size": 512, "scale_range": (1.0, 2.0)},
-    "bdd100k": {"crop_size": 512, "scale_range": (0.8, 1.6)},
-    "nighttime_driving": {"crop_size": 512, "scale_range": (0.5, 1.0)},
-    "folder": {"crop_size": 512, "scale_range": (0.5, 1.0)},
-}
-
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(size, int):
@@ -105,26 +90,31 @@ class Resize(v2.Transform):
         return F.resize(inpt, self.size, interpolation=InterpolationMode.BILINEAR, antialias=True)
 
 
+def train_steps(
+    crop_size: int | Sequence[int] | None = 512,
+    scale_range: Sequence[float] = (0.5, 1.0),
+    hflip: bool = True,
+    out_size: int | Sequence[int] | None = None,
+) -> list[v2.Transform]:
+    """Return the steps of the joint training transform: random scale-and-crop (none when `crop_size` is
+    None), optional resize of the crop to `out_size` (DANNet's code resizes its 960 Dark Zurich crops to
+    512x512), random horizontal flip."""
+    steps: list[v2.Transform] = [RandomScaleCrop(crop_size, scale_range)] if crop_size is not None else []
+    if out_size is not None:
+        steps.append(Resize(list(_pair(out_size))))
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip(p=0.5))
+    return steps
+
+
 def train_transform(
     crop_size: int | Sequence[int] = 512,
     scale_range: Sequence[float] = (0.5, 1.0),
     hflip: bool = True,
     out_size: int | Sequence[int] | None = None,
 ) -> v2.Compose:
-    """Return the joint training transform: random scale-and-crop, optional resize of the crop to
-    `out_size` (DANNet's code resizes its 960 Dark Zurich crops to 512x512), random horizontal flip."""
-    steps: list[v2.Transform] = [RandomScaleCrop(crop_size, scale_range)]
-    if out_size is not None:
-        steps.append(Resize(list(_pair(out_size))))
-    if hflip:
-        steps.append(v2.RandomHorizontalFlip(p=0.5))
-    return v2.Compose(steps)
-
-
-def preset_transform(dataset: str, **overrides: Any) -> v2.Compose:
-    """Return `train_transform` with the preset of `dataset` (see TRAIN_PRESETS), any setting overridable."""
-    settings = {**TRAIN_PRESETS.get(dataset, TRAIN_PRESETS["cityscapes"]), **overrides}
-    return train_transform(**settings)
+    """Return the joint training transform of `train_steps` (a crop is required here) as one callable."""
+    return v2.Compose(train_steps(crop_size, scale_range, hflip, out_size))
 
 
 def normalize_imagenet(x: torch.Tensor) -> torch.Tensor:

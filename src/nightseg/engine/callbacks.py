@@ -16,9 +16,9 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from nightseg.core.config import Config
 from nightseg.core.io import json_safe, write_json
 from nightseg.core.seeding import reseed, step_seed
+from nightseg.core.training_state import STATE_FILE
 from nightseg.engine.logs import truncate_csv
 from nightseg.engine.run import RunDir, export
-from nightseg.engine.state import STATE_FILE
 from nightseg.methods.base import SegmentationModule, finite
 
 log = logging.getLogger("nightseg.train")

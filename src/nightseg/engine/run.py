@@ -17,7 +17,7 @@ from nightseg.core.checkpoint import save_checkpoint
 from nightseg.core.config import Config, config_diff, load_config
 from nightseg.core.errors import UserError
 from nightseg.core.io import json_safe
-from nightseg.engine.state import STATE_FILE, state_step
+from nightseg.core.training_state import STATE_FILE, state_step
 from nightseg.methods.base import SegmentationModule
 
 log = logging.getLogger("nightseg.train")

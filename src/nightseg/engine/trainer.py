@@ -25,7 +25,7 @@ The engine supplies the rest, the same for every recipe:
   (`poly_factor`) with optional linear warm-up; a group's ``lr_mult`` scales its base lr.
 * **validation** every ``train.val_every`` steps and at the end, on ``data.val`` (sharded across ranks
   without padding): ``predict_logits(image)`` -> argmax -> `ExposureConfusion` (one confusion matrix per
-  exposure bin), summed over processes, giving mIoU, per-class IoU and mEF1 (seed 001). Logged as
+  exposure bin), summed over processes, giving mIoU, per-class IoU and mEF1 (EGNet paper). Logged as
   ``val/mIoU``, ``val/mEF1``, ``val/iou/<class>``; sample predictions (input | prediction | ground truth)
   go to TensorBoard and ``logs/images/``.
 * **logging**: TensorBoard and CSV under ``RUN_DIR/logs``; every term passed to ``log_losses`` as
@@ -62,11 +62,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from nightseg.core.config import Config, dump_config
 from nightseg.core.io import atomic_path
+from nightseg.core.training_state import state_step
 from nightseg.data.streams import StreamData
 from nightseg.engine.callbacks import RunCallback, StepProgressBar, TrainingStopped
 from nightseg.engine.logs import ResumableCSVLogger
 from nightseg.engine.run import RunDir, export, prepare_run
-from nightseg.engine.state import SafeCheckpointIO, state_step
+from nightseg.engine.state import SafeCheckpointIO
 from nightseg.methods.base import SegmentationModule
 
 log = logging.getLogger("nightseg.train")

@@ -1,4 +1,4 @@
-"""Exposure-aware scoring from seed 001 (Tan et al., NightCity), Sections 3 and 5.1.
+"""Exposure-aware scoring from the EGNet paper (Tan et al., NightCity), Sections 3 and 5.1.
 
 Each pixel's exposure is the V channel of the input image in HSV space, ``V = max(R, G, B)`` in
 [0, 1]. Pixels fall into 10 equal exposure bins ``[0, .1), [.1, .2), ..., [.9, 1]``. Per bin we keep a
@@ -22,9 +22,9 @@ from nightseg.evaluation.metrics import (
     AVERAGES,
     Average,
     ConfusionMatrix,
-    _all_reduce_sum,
-    _check_num_classes,
     accumulate_histogram,
+    all_reduce_sum,
+    check_num_classes,
     class_names_for,
     precision_recall_f1,
     segmentation_scores,
@@ -37,7 +37,7 @@ DEFAULT_AVERAGE: Average = "pixel"
 def exposure_bins(image: torch.Tensor, num_bins: int = NUM_EXPOSURE_BINS) -> torch.Tensor:
     """Return the exposure bin index (int32 ``[..., H, W]``, 0..num_bins-1) of each pixel of ``[..., 3, H, W]`` images.
 
-    Bin g covers ``[g / num_bins, (g + 1) / num_bins)``; the last bin also takes V = 1 (seed 001,
+    Bin g covers ``[g / num_bins, (g + 1) / num_bins)``; the last bin also takes V = 1 (EGNet paper,
     Sec. 3 and Fig. 4). uint8 images are binned exactly in integer terms; for floating-point images a
     tolerance of 1e-6 in V puts values such as 51/255 = 0.2 into the upper bin whatever their float
     rounding, so an image and its ``/ 255`` float version always get the same bins.
@@ -76,7 +76,7 @@ class ExposureConfusion:
         device: torch.device | str = "cpu",
         class_names: Sequence[str] | None = None,
     ) -> None:
-        self.num_classes = _check_num_classes(num_classes)
+        self.num_classes = check_num_classes(num_classes)
         if num_bins < 1:
             raise ValueError(f"num_bins must be >= 1, got {num_bins}")
         self.num_bins = int(num_bins)
@@ -120,7 +120,7 @@ class ExposureConfusion:
     def all_reduce(self) -> ExposureConfusion:
         """Return a new object summed over all processes (a copy when torch.distributed is not initialised)."""
         out = ExposureConfusion(self.num_classes, self.num_bins, self.counts.device, self.class_names)
-        out.counts = _all_reduce_sum(self.counts)
+        out.counts = all_reduce_sum(self.counts)
         return out
 
     def bin(self, g: int) -> ConfusionMatrix:
@@ -143,7 +143,7 @@ class ExposureConfusion:
 
 
 def exposure_scores(ec: ExposureConfusion, average: Average = DEFAULT_AVERAGE) -> dict[str, Any]:
-    """Return ``EF1_g`` per exposure bin and ``mEF1`` (seed 001, Sec. 5.1, Eqs. 2-3), plus per-bin mIoU.
+    """Return ``EF1_g`` per exposure bin and ``mEF1`` (EGNet paper, Sec. 5.1, Eqs. 2-3), plus per-bin mIoU.
 
     Keys: ``average`` (how precision / recall are averaged, see `precision_recall_f1`), ``mEF1`` (mean
     EF1 over bins with labelled pixels; NaN if none), ``mIoU`` (over all bins), and ``bins``: a list of

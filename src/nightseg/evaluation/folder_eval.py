@@ -237,7 +237,7 @@ def evaluate_folder(
     Keys: the inputs, ``num_images``, the `segmentation_scores` keys (``mIoU``, ``pixel_accuracy``,
     ``mean_class_accuracy``, ``fw_iou``, ``pixels``, ``classes_scored``, ``per_class``),
     ``confusion_matrix`` (rows ground truth, columns prediction, last column "no class"), and with
-    `images_dir` also ``exposure`` (`exposure_scores`: ``mEF1`` and per-bin EF1 / mIoU, seed 001 Sec. 5.1).
+    `images_dir` also ``exposure`` (`exposure_scores`: ``mEF1`` and per-bin EF1 / mIoU, EGNet paper Sec. 5.1).
     Undefined scores are None (not NaN) so the dict is valid JSON.
     """
     for fmt, option in ((gt_format, "--gt-format"), (pred_format, "--pred-format")):

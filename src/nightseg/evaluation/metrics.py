@@ -13,7 +13,7 @@ predictions of void labelIds, so per-class IoU here equals the official Cityscap
 `segmentation_scores` turns the counts into per-class IoU / accuracy / precision / recall / F1, mIoU
 (classes absent from both prediction and ground truth are NaN and skipped, as Cityscapes does),
 pixel accuracy, mean class accuracy and frequency-weighted IoU. `precision_recall_f1` gives the
-averaged precision / recall / F1 that the exposure-aware F1 of seed 001 (Section 5.1, Eq. 2) uses;
+averaged precision / recall / F1 that the exposure-aware F1 of the EGNet paper (Section 5.1, Eq. 2) uses;
 see `nightseg.evaluation.exposure`.
 """
 
@@ -44,7 +44,7 @@ def class_names_for(num_classes: int, class_names: Sequence[str] | None = None) 
     return tuple(f"class_{i}" for i in range(num_classes))
 
 
-def _check_num_classes(num_classes: int) -> int:
+def check_num_classes(num_classes: int) -> int:
     num_classes = int(num_classes)
     if not 1 <= num_classes < IGNORE_INDEX:
         raise ValueError(f"num_classes must be in 1..{IGNORE_INDEX - 1}, got {num_classes}")
@@ -90,7 +90,7 @@ def accumulate_histogram(
     raise ValueError (e.g. labelIds passed where trainIds are expected). One ``torch.bincount`` over
     ``((bin * 256 + target) * (C + 1) + pred)`` in int32 does the work; see bench/bench_confusion.py.
     """
-    num_classes = _check_num_classes(num_classes)
+    num_classes = check_num_classes(num_classes)
     pred = _as_int_tensor(pred, "pred")
     target = _as_int_tensor(target, "target")
     if pred.shape != target.shape:
@@ -141,7 +141,7 @@ class ConfusionMatrix:
         device: torch.device | str = "cpu",
         class_names: Sequence[str] | None = None,
     ) -> None:
-        self.num_classes = _check_num_classes(num_classes)
+        self.num_classes = check_num_classes(num_classes)
         self.class_names = class_names_for(self.num_classes, class_names)
         self.counts = torch.zeros(self.num_classes, self.num_classes + 1, dtype=torch.int64, device=device)
 
@@ -182,7 +182,7 @@ class ConfusionMatrix:
         (it is a collective). ``self`` is left unchanged, so calling it twice never double-counts.
         """
         out = ConfusionMatrix(self.num_classes, self.counts.device, self.class_names)
-        out.counts = _all_reduce_sum(self.counts)
+        out.counts = all_reduce_sum(self.counts)
         return out
 
     @property
@@ -198,7 +198,7 @@ class ConfusionMatrix:
         return f"ConfusionMatrix(num_classes={self.num_classes}, pixels={self.total}, device={self.counts.device})"
 
 
-def _all_reduce_sum(counts: torch.Tensor) -> torch.Tensor:
+def all_reduce_sum(counts: torch.Tensor) -> torch.Tensor:
     """Return a copy of `counts` summed over all processes (a plain copy when not distributed)."""
     out = counts.clone()
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -210,14 +210,14 @@ def _all_reduce_sum(counts: torch.Tensor) -> torch.Tensor:
     return work.to(counts.device)
 
 
-def _divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+def safe_divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     """num / den elementwise in float64, NaN where den == 0."""
     num = num.double()
     den = den.double()
     return torch.where(den > 0, num / den.clamp(min=1), torch.full_like(num, math.nan))
 
 
-def _nanmean(x: torch.Tensor) -> float:
+def nanmean(x: torch.Tensor) -> float:
     x = x[~torch.isnan(x)]
     return float(x.mean()) if x.numel() else math.nan
 
@@ -227,7 +227,7 @@ def _counts_of(cm: ConfusionMatrix | torch.Tensor) -> torch.Tensor:
     return counts.detach().to("cpu", torch.int64)
 
 
-def _class_totals(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def class_totals(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return (true positives, ground-truth pixels, predicted pixels) per class from ``[..., C, C+1]`` counts."""
     c = counts.shape[-2]
     tp = torch.diagonal(counts[..., :c], dim1=-2, dim2=-1)
@@ -237,7 +237,7 @@ def _class_totals(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 
 
 def precision_recall_f1(cm: ConfusionMatrix | torch.Tensor, average: Average = "pixel") -> dict[str, float]:
-    """Return averaged ``precision``, ``recall`` and their harmonic mean ``f1`` (seed 001, Eq. 2, beta = 1).
+    """Return averaged ``precision``, ``recall`` and their harmonic mean ``f1`` (EGNet paper, Eq. 2, beta = 1).
 
     ``average="pixel"`` (micro): sums true positives, predicted and ground-truth pixels over all
     classes. Every labelled pixel is one ground-truth and at most one predicted pixel, so recall is the
@@ -250,7 +250,7 @@ def precision_recall_f1(cm: ConfusionMatrix | torch.Tensor, average: Average = "
 
     All three are NaN when there are no labelled pixels.
     """
-    tp, gt, pred = _class_totals(_counts_of(cm))
+    tp, gt, pred = class_totals(_counts_of(cm))
     if int(gt.sum()) == 0:
         return {"precision": math.nan, "recall": math.nan, "f1": math.nan}
     if average == "pixel":
@@ -258,8 +258,8 @@ def precision_recall_f1(cm: ConfusionMatrix | torch.Tensor, average: Average = "
         recall = float(tp.sum()) / float(gt.sum())
     elif average == "class":
         present = (gt > 0) | (pred > 0)
-        precision = float(torch.nan_to_num(_divide(tp, pred), nan=0.0)[present].mean())
-        recall = float(torch.nan_to_num(_divide(tp, gt), nan=0.0)[present].mean())
+        precision = float(torch.nan_to_num(safe_divide(tp, pred), nan=0.0)[present].mean())
+        recall = float(torch.nan_to_num(safe_divide(tp, gt), nan=0.0)[present].mean())
     else:
         raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
@@ -285,11 +285,11 @@ def segmentation_scores(
     if class_names is None and isinstance(cm, ConfusionMatrix):
         class_names = cm.class_names
     names = class_names_for(num_classes, class_names)
-    tp, gt, pred = _class_totals(counts)
-    iou = _divide(tp, gt + pred - tp)
-    acc = _divide(tp, gt)
-    precision = _divide(tp, pred)
-    f1 = _divide(2 * tp, gt + pred)
+    tp, gt, pred = class_totals(counts)
+    iou = safe_divide(tp, gt + pred - tp)
+    acc = safe_divide(tp, gt)
+    precision = safe_divide(tp, pred)
+    f1 = safe_divide(2 * tp, gt + pred)
     total = int(gt.sum())
     if total:
         fw = float(torch.nansum(gt.double() / total * torch.nan_to_num(iou, nan=0.0)))
@@ -308,9 +308,9 @@ def segmentation_scores(
         for i, name in enumerate(names)
     }
     return {
-        "mIoU": _nanmean(iou),
+        "mIoU": nanmean(iou),
         "pixel_accuracy": pixel_acc,
-        "mean_class_accuracy": _nanmean(acc),
+        "mean_class_accuracy": nanmean(acc),
         "fw_iou": fw,
         "pixels": total,
         "classes_scored": int((~torch.isnan(iou)).sum()),

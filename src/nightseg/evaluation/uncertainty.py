@@ -31,13 +31,13 @@ import torch
 
 from nightseg.core.classes import NUM_CLASSES
 from nightseg.evaluation.metrics import (
-    _all_reduce_sum,
-    _check_num_classes,
-    _class_totals,
-    _divide,
-    _nanmean,
     accumulate_histogram,
+    all_reduce_sum,
+    check_num_classes,
     class_names_for,
+    class_totals,
+    nanmean,
+    safe_divide,
     segmentation_scores,
 )
 
@@ -67,16 +67,16 @@ def uiou_scores(counts: torch.Tensor, class_names: Sequence[str] | None = None) 
     c = counts.shape[-2]
     names = class_names_for(c, class_names)
     both = counts.sum(dim=0)
-    tp, gt, pred = _class_totals(both)
+    tp, gt, pred = class_totals(both)
     fp = pred - tp
     ti = counts[1, :, c]
     fi = counts[0, :, c]
     fn = gt - tp - ti - fi
-    uiou = _divide(tp + ti, tp + ti + fp + fn + fi)
+    uiou = safe_divide(tp + ti, tp + ti + fp + fn + fi)
     iou = segmentation_scores(both, names)
     total = int(gt.sum())
     return {
-        "mUIoU": _nanmean(uiou),
+        "mUIoU": nanmean(uiou),
         "mIoU": iou["mIoU"],
         "invalid_share": float(ti.sum() + fi.sum()) / total if total else math.nan,
         "true_invalid": int(ti.sum()),
@@ -106,7 +106,7 @@ class UncertaintyConfusion:
         device: torch.device | str = "cpu",
         class_names: Sequence[str] | None = None,
     ) -> None:
-        self.num_classes = _check_num_classes(num_classes)
+        self.num_classes = check_num_classes(num_classes)
         self.num_bins = int(num_bins)
         self.class_names = class_names_for(self.num_classes, class_names)
         self.counts = torch.zeros(2, self.num_bins, self.num_classes, self.num_classes + 1, dtype=torch.int64, device=device)
@@ -127,7 +127,7 @@ class UncertaintyConfusion:
     def all_reduce(self) -> UncertaintyConfusion:
         """Return a copy summed over all processes (a plain copy without torch.distributed)."""
         out = UncertaintyConfusion(self.num_classes, self.num_bins, self.counts.device, self.class_names)
-        out.counts = _all_reduce_sum(self.counts)
+        out.counts = all_reduce_sum(self.counts)
         return out
 
     def thresholds(self) -> list[float]:

@@ -73,7 +73,7 @@ def load_inference_net(
             net = load_dce_weights(resolve_weights(None))
     else:
         net = load_dce_weights(Path(relight))
-    if night2day is not None:  # seed 004, method 1: a CycleGAN generator takes the relighting step's place
+    if night2day is not None:  # See Clearer at Night, method 1: a CycleGAN generator takes the relighting step's place
         if net is not None:
             raise UserError(f"{night2day}: --night2day replaces relighting, but {path} would relight; add --no-relight")
         net = load_translator(night2day, "night2day")

@@ -236,7 +236,7 @@ class Predictor:
         `sliding`: sliding-window settings (None: whole image). `backend`: ``"torch"`` or ``"onnx"`` (a
         ``.safetensors`` checkpoint is then exported to a temporary ONNX file first). `fuse` folds
         BatchNorm into the convolutions (torch backend). `night2day`: a ``nightseg translate train`` checkpoint
-        whose night->day generator runs before the segmenter (seed 004, method 1; see `load_inference_net`).
+        whose night->day generator runs before the segmenter (See Clearer at Night, method 1; see `load_inference_net`).
         """
         if backend not in BACKENDS:
             raise UserError(f"--backend {backend}: expected one of {', '.join(BACKENDS)}")

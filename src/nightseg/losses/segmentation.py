@@ -1,4 +1,4 @@
-"""Loss terms of ULCA (seed 000, Section 3.3-3.4) and the DANNet losses it builds on.
+"""Loss terms of ULCA (Section 3.3-3.4) and the DANNet losses it builds on.
 
 - `class_weights`: per-class weights from source class frequencies, Eq. 5 (``w_k = 1/a_k``) or DANNet's
   log-normalised weights (Wu et al., CVPR 2021, Eq. 6 of DANNet).
@@ -43,7 +43,7 @@ def class_weights(
 ) -> torch.Tensor:
     """Return per-class loss weights ``[C]`` (float32) from source pixel frequencies a_k.
 
-    - ``"inverse"`` (seed 000, Eq. 5): ``w_k = 1 / a_k``. Unnormalised on purpose: Eq. 6 divides the
+    - ``"inverse"`` (ULCA, Eq. 5): ``w_k = 1 / a_k``. Unnormalised on purpose: Eq. 6 divides the
       weighted sum by ``N * |C|``, and since ``sum_k a_k * (1/a_k) = |C|`` the expected weight of a source
       pixel is then exactly 1, so L_seg has the scale of a plain cross-entropy.
     - ``"dannet_log"`` (DANNet, Eq. 6 there and its released ``train.py``): ``l_k = log a_k``,
@@ -78,7 +78,7 @@ def class_frequencies(
     """Return the pixel frequency a_k of each class (float64 ``[C]``, sums to 1) over label maps.
 
     `labels` yields trainId tensors of any shape; pixels outside ``0..C-1`` (255 = ignore) are not counted.
-    This is the a_k of seed 000, Eq. 5: "the proportion of all valid pixels in the source domain labeled
+    This is the a_k of ULCA, Eq. 5: "the proportion of all valid pixels in the source domain labeled
     as class k". `total` (the number of maps, if known) only sizes the progress bar.
     """
     counts = torch.zeros(num_classes, dtype=torch.float64)
@@ -99,7 +99,7 @@ def weighted_cross_entropy(
     normalization: Literal["paper", "weighted_mean", "mean"] = "paper",
     ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
-    """Return the class-weighted cross-entropy L_seg of seed 000, Eq. 6 (a scalar).
+    """Return the class-weighted cross-entropy L_seg of ULCA, Eq. 6 (a scalar).
 
     ``L = -1/(N |C|) * sum_k || w_k GT^(k) . log P^(k) ||_1`` with N the valid pixels and |C| the number of
     classes (``normalization="paper"``; with weights of Eq. 5 the expected per-pixel weight is 1).
@@ -132,7 +132,7 @@ def weighted_cross_entropy(
 def neighbourhood_onehot(label: torch.Tensor, classes: Sequence[int], kernel: int = 3) -> torch.Tensor:
     """Return ``[B, len(classes), H, W]`` float: 1 where the class occurs in the kernel x kernel window.
 
-    This is the ``max_j o(c, j)`` of seed 000, Eq. 8 (o the one-hot pseudo label, j the 3x3 window around
+    This is the ``max_j o(c, j)`` of ULCA, Eq. 8 (o the one-hot pseudo label, j the 3x3 window around
     pixel i), computed as a max-pool (binary dilation) of each class mask. Pixels labelled with a class
     outside `classes` (dynamic classes, 255) contribute nothing; the image border is not wrapped.
     """
@@ -152,7 +152,7 @@ def static_loss(
     softmax_over: Literal["static", "all"] = "static",
     eps: float = 1e-7,
 ) -> torch.Tensor:
-    """Return DANNet's static loss L_static of seed 000, Eq. 7-8 (a scalar).
+    """Return DANNet's static loss L_static of ULCA, Eq. 7-8 (a scalar).
 
     ``L = -1/N * sum_i (1 - p_i)^gamma * log p_i`` over the N pixels whose pseudo label (trainIds) is a
     static class, where (Eq. 8) ``p_i = max_c [ max_{j in 3x3(i)} o(c, j) ] * P^S(c, i)``: the highest night
@@ -189,7 +189,7 @@ def consistency_kl(
     target: Literal["soft", "hard"] = "soft",
     valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Return the consistency loss L_kl of seed 000, Eq. 4 (a scalar): ``KL(Y_w || P_s)``.
+    """Return the consistency loss L_kl of ULCA, Eq. 4 (a scalar): ``KL(Y_w || P_s)``.
 
     ``L = sum_c Y_w log(Y_w / P_s)`` averaged over pixels, with ``Y_w = softmax(weak_logits)`` *detached*
     (no gradient reaches the weak branch) and ``P_s = softmax(strong_logits)``. The direction is the

@@ -1,4 +1,4 @@
-"""EGNet training (seed 001, Sec. 4-5): supervised segmentation plus the exposure stream's L1 loss.
+"""EGNet training (EGNet paper, Sec. 4-5): supervised segmentation plus the exposure stream's L1 loss.
 
 The whole training step is below. The model must be an `nightseg.models.egnet.EGNet`
 (``model.name: nightseg.models.egnet:egnet_r101`` or ``...:egnet_tiny``). One forward pass

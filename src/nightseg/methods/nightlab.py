@@ -20,6 +20,8 @@ from tqdm import tqdm
 from nightseg.core.classes import CLASS_NAMES
 from nightseg.core.config import Config
 from nightseg.core.errors import UserError
+from nightseg.core.loop_state import load_loop_state, save_loop_state, state_step
+from nightseg.core.schedule import poly_factor
 from nightseg.methods.supervised import Supervised
 from nightseg.models.nightlab import (
     RDN,
@@ -214,21 +216,41 @@ def init_rdn_from(rdn: RDN, image_tensors: dict[str, torch.Tensor]) -> int:
 
 def train_rdn(rdn: RDN, samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], steps: int, batch_size: int,
               lr: float, seed: int, flip: bool = False, anchor_labels: list[torch.Tensor] | None = None,
-              desc: str = "RDN") -> list[float]:
-    """Train `rdn` in place with SGD (momentum 0.9, weight decay 1e-4, poly 0.9) on `samples`; with
-    `anchor_labels` (HDM) those are the objectness targets (seed Eq. 2; no flip then). Returns the losses."""
+              desc: str = "RDN", state_dir: str | Path | None = None, save_every: int = 50) -> list[float]:
+    """Train `rdn` in place with SGD (momentum 0.9, weight decay 1e-4, `poly_factor` 0.9) on `samples`; with
+    `anchor_labels` (HDM) those are the objectness targets (seed Eq. 2; no flip then). Returns the losses
+    of all `steps` steps.
+
+    With `state_dir`, the loop state (`nightseg.core.loop_state`: weights, SGD and schedule state, both RNG
+    states, the rest of the sample order, the losses) is saved there every `save_every` steps and after the
+    last one, and a call that finds a state there continues from it: the same batches, the same weights as
+    an uninterrupted run. A state saved with other settings (steps, batch size, lr, seed, flip, HDM or not,
+    number of samples and boxes) is refused with a UserError naming the file.
+    """
     if anchor_labels is not None and flip:
         raise ValueError("HDM anchor labels belong to the unflipped anchors; train without flip")
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # the RPN samples its anchors from the global generator
     params = [q for q in rdn.parameters() if q.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1 - s / max(1, steps)) ** 0.9)
+    max_steps = max(1, steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: poly_factor(s, max_steps))
     order: list[int] = []
-    losses = []
+    losses: list[float] = []
+    start = 0
+    parts = ({"rdn": rdn}, {"optimizer": opt}, {"scheduler": sched})
+    settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "flip": flip,
+                "hdm": anchor_labels is not None, "samples": len(samples), "boxes": sum(len(b) for _, _, b in samples)}
+    if state_dir is not None and state_step(state_dir) is not None:
+        start, extra = load_loop_state(state_dir, *parts, settings=settings)
+        gen.set_state(extra["generator"])
+        torch.set_rng_state(extra["torch_rng"])
+        order, losses = [int(i) for i in extra["order"]], [float(v) for v in extra["losses"]]
+        log.info("%s: resuming %s at step %d", desc, state_dir, start)
     rdn.train()
-    bar = tqdm(range(steps), desc=desc, unit="step", disable=None, dynamic_ncols=True)
-    for _ in bar:
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, unit="step", disable=None,
+               dynamic_ncols=True)
+    for step in bar:
         batch = []
         while len(batch) < batch_size:
             if not order:
@@ -253,6 +275,11 @@ def train_rdn(rdn: RDN, samples: list[tuple[torch.Tensor, torch.Tensor, torch.Te
         sched.step()
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        done = step + 1
+        if state_dir is not None and (done % save_every == 0 or done == steps):
+            save_loop_state(state_dir, done, *parts, settings=settings,
+                            extra={"generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                                   "order": list(order), "losses": losses})
     rdn.eval()
     return losses
 

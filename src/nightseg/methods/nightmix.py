@@ -1,4 +1,4 @@
-"""NightMix (seed 000, Section 3.1, Fig. 2): ClassMix between a labelled day image and a night image.
+"""NightMix (ULCA, Section 3.1, Fig. 2): ClassMix between a labelled day image and a night image.
 
 From the source label L_A take the classes present, remove the easy ones (road, vegetation, sky by
 default: `nightseg.core.classes.hard_classes`), pick a random half of the remaining hard classes and build the
@@ -47,7 +47,7 @@ def select_classes(
 
 def class_mask(label: torch.Tensor, classes: list[list[int]]) -> torch.Tensor:
     """Return the binary mask M ``[B, H, W]`` (bool): True where the pixel's label is one of its image's
-    `classes` (seed 000, Section 3.1)."""
+    `classes` (ULCA, Section 3.1)."""
     masks = []
     for b, chosen in enumerate(classes):
         chosen_t = torch.tensor(chosen, dtype=label.dtype, device=label.device)
@@ -63,7 +63,7 @@ def nightmix(
     candidates: Sequence[int] | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return ``(X_A [B,3,H,W], Y_A [B,H,W], M [B,H,W] bool)`` of NightMix (seed 000, Section 3.1).
+    """Return ``(X_A [B,3,H,W], Y_A [B,H,W], M [B,H,W] bool)`` of NightMix (ULCA, Section 3.1).
 
     `source_image`/`source_label` are A and L_A, `night_image`/`night_label` are B_n and S~_Bn, all the same
     spatial size (see `match_size`). `candidates` are the hard classes (default
@@ -90,7 +90,7 @@ def match_size(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return `image` ``[B,3,h,w]`` and `label` ``[B,h,w]`` brought to `size` for mixing.
 
-    Seed 000 crops Cityscapes at 512 and Dark Zurich at 960, yet NightMix needs A and B_n of one size:
+    ULCA crops Cityscapes at 512 and Dark Zurich at 960, yet NightMix needs A and B_n of one size:
     a larger night image is cropped at a random position (one per image, from `generator`), keeping its
     scale; a smaller one is resized (bilinear image, nearest label).
     """

@@ -1,6 +1,6 @@
-"""Night pseudo labels corrected by the paired day prediction (seed 000, Sections 3.1 and 3.4).
+"""Night pseudo labels corrected by the paired day prediction (ULCA, Sections 3.1 and 3.4).
 
-Seed 000 uses the day prediction S_Bd of the coarsely aligned day image twice: as the pseudo label
+ULCA uses the day prediction S_Bd of the coarsely aligned day image twice: as the pseudo label
 ``F_td`` of the static loss (Eq. 7-8) and to correct the night prediction S_Bn into the NightMix label
 ``S~_Bn`` (Section 3.1). It says the static loss is DANNet's, so by default both follow DANNet's released
 ``train.py`` (Wu et al., CVPR 2021), read and re-implemented here:
@@ -80,7 +80,7 @@ def pseudo_label(
     `weights` (``[C]``) multiply the scores first, as DANNet does. ``static_only=True`` gives the static
     loss's label ``F_td``: pixels whose argmax is not a static class become 255 (DANNet). With
     ``restrict_to_static=True`` the argmax runs over the static channels alone, so every pixel gets a
-    static class: the literal ``F_td = argmax(P_td^S)`` of seed 000, Eq. 8. Without either, the full
+    static class: the literal ``F_td = argmax(P_td^S)`` of ULCA, Eq. 8. Without either, the full
     19-class label (the NightMix label ``S~_Bn``).
     """
     scores = fused

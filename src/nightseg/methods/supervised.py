@@ -8,7 +8,7 @@ network in one forward pass (so BatchNorm statistics see both domains), and the 
 as ``train/ce_source`` and ``train/ce_target``. Both streams need the same crop size for that
 (``crop``, or ``out_size`` where set).
 
-Optional class weights: a list of ``num_classes`` numbers, or ``inverse`` (seed 000, Eq. 5) /
+Optional class weights: a list of ``num_classes`` numbers, or ``inverse`` (ULCA, Eq. 5) /
 ``dannet_log`` (DANNet) computed from the Cityscapes class frequencies (`nightseg.losses.segmentation`); the
 weighted cross-entropy is normalised by the summed pixel weights (PyTorch's convention).
 

@@ -1,4 +1,4 @@
-"""ULCA: night-time segmentation with unsupervised learning and cross attention (seed 000, Cheng et al.,
+"""ULCA: night-time segmentation with unsupervised learning and cross attention (ULCA, Cheng et al.,
 ACML 2022, Fig. 1 and Section 3). The whole training step is `ULCA.training_step` below.
 
 Each step takes a labelled day image A (``batch["source"]``) and a coarsely aligned night/day pair
@@ -19,7 +19,7 @@ B_n, B_d (``batch["target"]``, e.g. ``dark_zurich_pairs``) and computes (Eq. 9)
 
 Every term has a switch (``method.<term>.enabled``), so the rows of the seed's Table 3 are configs
 (``configs/cpu/ulca_*.yaml``). Each ambiguity of the paper and how it is resolved here is written up in
-``docs/methods.md`` ("ULCA (seed 000)").
+``docs/methods.md`` ("ULCA").
 
 At validation/inference the image is relit, then segmented; the cross attention, having no day image,
 follows ``cross_attention.test_policy`` (``bypass`` or ``self``; `CrossAttentionSegmenter` also accepts a
@@ -164,7 +164,7 @@ class Params:
     """L_seg divisor: ``paper`` = N|C| (Eq. 6), ``weighted_mean`` = sum of pixel weights (PyTorch/DANNet)."""
     init_checkpoint: str | None = None
     """Start the segmenter from this NightSeg checkpoint (e.g. a source-only run's ``best.safetensors``), as
-    DANNet and seed 000 start from a Cityscapes-trained PSPNet; the cross attention starts fresh."""
+    DANNet and ULCA start from a Cityscapes-trained PSPNet; the cross attention starts fresh."""
     relight: RelightParams = field(default_factory=RelightParams)
     static: StaticParams = field(default_factory=StaticParams)
     pseudo_label: PseudoLabelParams = field(default_factory=PseudoLabelParams)
@@ -223,7 +223,7 @@ def source_labels(dataset: Any) -> Any:
 
 # --------------------------------------------------------------------------------------------- module
 class ULCA(SegmentationModule):
-    """The ULCA training recipe (seed 000); see the module docstring."""
+    """The ULCA training recipe (ULCA); see the module docstring."""
 
     def __init__(self, cfg: Config) -> None:
         p: Params = cfg.method

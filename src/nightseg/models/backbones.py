@@ -1,7 +1,7 @@
 """Encoders: each returns a list of feature maps, shallowest first and deepest last.
 
 - `ResNetBackbone`: torchvision ResNet-18/50/101 made dilated (output stride 8 or 16), the encoder of
-  PSPNet (Zhao et al., CVPR 2017), DeepLab v2/v3+ and DANNet / seed 000.
+  PSPNet (Zhao et al., CVPR 2017), DeepLab v2/v3+ and DANNet / ULCA.
 - `MiTBackbone`: the Mix Transformer encoders MiT-B0..B5 of SegFormer (Xie et al., NeurIPS 2021), from
   segmentation_models_pytorch.
 - `MobileNetV3Backbone`: the dilated MobileNetV3-Large of LR-ASPP (Howard et al., ICCV 2019).

@@ -1,4 +1,4 @@
-"""Cross attention between night and day features (seed 000, Section 3.2, Eq. 2-3).
+"""Cross attention between night and day features (ULCA, Section 3.2, Eq. 2-3).
 
 Q comes from the night features X_n, K from the day features X_d (1x1 convs reducing the channels by 8,
 as in SAGAN/DANet), and V from either the night features (the equation's text) or the day features (the
@@ -32,7 +32,7 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, scale=1.0)
 
 
-def _auto_chunk(q: torch.Tensor, v: torch.Tensor) -> int:
+def auto_chunk(q: torch.Tensor, v: torch.Tensor) -> int:
     """Return the query chunk length that bounds the materialised attention map.
 
     PyTorch's CPU flash kernel needs equal Q and V widths (here C/8 vs C), so on the CPU sdpa falls back
@@ -45,7 +45,7 @@ def _auto_chunk(q: torch.Tensor, v: torch.Tensor) -> int:
 
 
 class CrossAttention(nn.Module):
-    """Cross attention module of seed 000 (Eq. 2-3) on feature maps with `channels` channels."""
+    """Cross attention module of ULCA (Eq. 2-3) on feature maps with `channels` channels."""
 
     def __init__(
         self,
@@ -81,7 +81,7 @@ class CrossAttention(nn.Module):
                 f"value='night' needs night and day features of the same size, got {tuple(night.shape[-2:])} "
                 f"and {tuple(day.shape[-2:])}; use value='day' for references of another size"
             )
-        step = self.chunk_size or _auto_chunk(q, v)
+        step = self.chunk_size or auto_chunk(q, v)
         if step >= q.shape[2]:
             attended = F.scaled_dot_product_attention(q, k, v, scale=1.0)
         else:

@@ -1,4 +1,4 @@
-"""EGNet, the Exposure-Guided Network of seed 001 (Tan et al., "Night-time Semantic Segmentation with a
+"""EGNet, the Exposure-Guided Network of the EGNet paper (Tan et al., "Night-time Semantic Segmentation with a
 Large Real Dataset"), Section 4, and the ablations of its Tables 4 and 5.
 
 A dilated ResNet (output stride 8, as PSPNet) is split after its stage 1 (shared) into two streams with
@@ -54,7 +54,7 @@ GUIDANCE = {"egnet": "attention", "concat": "concat", "sum": "sum", "exposure_at
 
 
 def exposure_map(image: torch.Tensor, size: tuple[int, int] | torch.Size | None = None) -> torch.Tensor:
-    """Return the exposure map [B,1,h,w]: the HSV V = max(R,G,B) of images [B,3,H,W] in [0,1] (seed 001,
+    """Return the exposure map [B,1,h,w]: the HSV V = max(R,G,B) of images [B,3,H,W] in [0,1] (EGNet paper,
     Sec. 3-4), area-averaged to `size` (None: the image size). The target of the exposure head's L1 loss."""
     value = hsv_value(image).unsqueeze(1)
     if size is not None and tuple(value.shape[-2:]) != tuple(size):
@@ -124,7 +124,7 @@ class ConvHead(nn.Module):
 
 
 class EGNet(nn.Module):
-    """Exposure-Guided Network (seed 001, Sec. 4); see the module docstring for the variants."""
+    """Exposure-Guided Network (EGNet paper, Sec. 4); see the module docstring for the variants."""
 
     def __init__(self, num_classes: int = 19, depth: int = 101, stages: int = 4, pretrained: bool = False,
                  variant: str = "egnet", head: str = "conv", w1: float = 1.0, w2: float = 0.3,

@@ -1,4 +1,4 @@
-"""NightLab (Deng et al., CVPR 2022; seed 003): image-level + region-level segmenters, a region detection
+"""NightLab (Deng et al., CVPR 2022; NightLab): image-level + region-level segmenters, a region detection
 network (RDN) and the merge.
 
 * **Boxes of hard-class objects** (`boxes_from_label`): the connected components (8-connectivity,

@@ -1,5 +1,5 @@
 """Zero-DCE relighting (Guo et al., "Zero-Reference Deep Curve Estimation for Low-Light Image
-Enhancement", CVPR 2020), the image relighting network g of seed 000 (Fig. 1, weights kept fixed).
+Enhancement", CVPR 2020), the image relighting network g of ULCA (Fig. 1, weights kept fixed).
 
 DCE-Net: seven 3x3 convs with 32 channels and symmetric skip concatenations (conv5 sees [x3, x4], conv6
 [x2, x5], conv7 [x1, x6]); tanh on conv7 gives 8 curve maps x 3 channels A_n. Each is applied as the

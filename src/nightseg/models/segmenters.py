@@ -131,7 +131,7 @@ def _lraspp(num_classes: int, pretrained: bool) -> tuple[nn.Module, nn.Module]:
 
 # name -> (builder, one-line description)
 SEGMENTERS: dict[str, tuple[Callable[[int, bool], tuple[nn.Module, nn.Module]], str]] = {
-    "pspnet_r101": (_pspnet(101), "PSPNet, dilated ResNet-101 (OS 8) + pyramid pooling (DANNet, seed 000)"),
+    "pspnet_r101": (_pspnet(101), "PSPNet, dilated ResNet-101 (OS 8) + pyramid pooling (DANNet, ULCA)"),
     "pspnet_r50": (_pspnet(50), "PSPNet, dilated ResNet-50 (OS 8) + pyramid pooling"),
     "pspnet_r18": (_pspnet(18), "PSPNet, dilated ResNet-18 (OS 8) + pyramid pooling; small CPU model"),
     "pspnet_tiny": (
@@ -170,7 +170,7 @@ def build_segmenter(
     """Return the segmenter `name` with `num_classes` outputs; ImageNet encoder weights if `pretrained`.
 
     With `cross_attention` (kwargs of `CrossAttentionSegmenter`: value, policy, reduction) the model
-    gets seed 000's cross attention (Eq. 2-3) between encoder and decoder. Raises a UserError for an
+    gets ULCA's cross attention (Eq. 2-3) between encoder and decoder. Raises a UserError for an
     unknown name or when the weights cannot be downloaded (offline).
     """
     if name not in SEGMENTERS:

@@ -1,4 +1,4 @@
-"""CycleGAN networks for unpaired day <-> night translation (Zhu et al., ICCV 2017), used by seed 004
+"""CycleGAN networks for unpaired day <-> night translation (Zhu et al., ICCV 2017), used by See Clearer at Night
 (Sun et al., "See Clearer at Night", 2019) to translate night images to day and day images to night.
 
 * `ResnetGenerator`: c7s1-C, d2C, d4C, `blocks` x R4C, u2C, uC, c7s1-3 with instance norm, reflection

@@ -1,10 +1,10 @@
-"""`nightseg demo`: seed 000 end to end on the synthetic benchmark, on a CPU, in minutes.
+"""`nightseg demo`: ULCA end to end on the synthetic benchmark, on a CPU, in minutes.
 
 1. generate the synthetic day/night set (`nightseg synth`, preset ``small``);
 2. train Zero-DCE with the zero-reference losses on the synthetic night frames (no download: the
    official weights are not needed);
 3. train three models with the packaged CPU recipes: source-only (synthetic day, Cityscapes layout),
-   ULCA (seed 000, every component on) and a night-supervised oracle (synthetic night, NightCity layout);
+   ULCA (every component on) and a night-supervised oracle (synthetic night, NightCity layout);
    the oracle trains in a second process next to the other two (log: ``runs/oracle.log``);
 4. score each on synthetic night val (Dark Zurich layout) and day val (Cityscapes layout);
 5. write ``report.md``, ``results.json`` and picture grids, and print the table.
@@ -29,7 +29,7 @@ from nightseg.core.errors import UserError
 from nightseg.core.io import list_images, read_image, read_label, write_json, write_png
 from nightseg.engine import RunDir
 from nightseg.inference import Predictor
-from nightseg.models.relight import load_dce_weights
+from nightseg.models.relight import load_dce_weights, relight
 from nightseg.pipelines.recipes import score_checkpoint, start_background_training, train_recipe
 from nightseg.pipelines.relight import train_relight
 from nightseg.synthetic import generator as synthetic
@@ -47,7 +47,7 @@ class DemoModel:
 
 MODELS = (
     DemoModel("source_only", "Source-only (day labels)", "cpu/supervised_cityscapes.yaml"),
-    DemoModel("ulca", "ULCA (seed 000)", "cpu/ulca_full.yaml"),
+    DemoModel("ulca", "ULCA", "cpu/ulca_full.yaml"),
     DemoModel("oracle", "Oracle (night labels)", "cpu/supervised_nightcity.yaml"),
 )
 
@@ -55,7 +55,6 @@ MODELS = (
 @dataclass(frozen=True)
 class DemoPlan:
     """How much work each stage does; `quick` is the CI-sized variant."""
-
     counts: dict[str, int]
     size: tuple[int, int]
     relight_epochs: int
@@ -79,18 +78,16 @@ PLANS = {
 
 def train_relight_on_night(data: Path, out: Path, epochs: int, seed: int) -> Path:
     """Train (or finish training) Zero-DCE on the synthetic night frames of `data`; return the weights path."""
-
     weights = out / "zero_dce.safetensors"
     images = list_images(data / "dark_zurich" / "rgb_anon" / "train" / "night")
     train_relight(images, weights, epochs=epochs, size=128, batch_size=8, seed=seed, resume=True)  # no-op when done
     return weights
 
 
-def _grid(data: Path, checkpoints: dict[str, Path], relight: Path, out: Path, rows: int = 4) -> Path:
+def _grid(data: Path, checkpoints: dict[str, Path], relight_weights: Path, out: Path, rows: int = 4) -> Path:
     """Write a PNG grid: night image | relit | source-only | ULCA | oracle | ground truth."""
-
     images = sorted((data / "dark_zurich" / "rgb_anon" / "val" / "night").rglob("*_rgb_anon.png"))[:rows]
-    dce = load_dce_weights(relight)
+    dce = load_dce_weights(relight_weights)
     segmenters = {k: Predictor.from_checkpoint(p) for k, p in checkpoints.items()}
     lines = []
     for path in images:
@@ -127,7 +124,6 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 def run_demo(out: str | Path = "nightseg-demo", quick: bool = False, seed: int = 0) -> dict[str, Any]:
     """Run the demo into `out` and return ``{model_key: {"night": scores, "day": scores}}``."""
-
     plan = PLANS["quick" if quick else "full"]
     out = Path(out)
     started = time.perf_counter()
@@ -136,7 +132,7 @@ def run_demo(out: str | Path = "nightseg-demo", quick: bool = False, seed: int =
     log.info("[1/5] synthetic day/night scenes -> %s", data)
     synthetic.generate(data, preset="small", size=plan.size, seed=seed, counts=plan.counts, progress=True)
     log.info("[2/5] Zero-DCE relighting trained on the synthetic night frames")
-    relight = train_relight_on_night(data, out / "relight", plan.relight_epochs, seed)
+    relight_weights = train_relight_on_night(data, out / "relight", plan.relight_epochs, seed)
     log.info("[3/5] training source-only, then ULCA; the night oracle alongside on the second core")
     # ULCA adapts the source-only model (as DANNet does) instead of starting from scratch, so those two run
     # in turn; the oracle needs neither and trains in a second process (one thread each: the same weights
@@ -149,7 +145,7 @@ def run_demo(out: str | Path = "nightseg-demo", quick: bool = False, seed: int =
     try:
         checkpoints["source_only"] = train_recipe(*runs["source_only"])
         *ulca, extra = runs["ulca"]
-        checkpoints["ulca"] = train_recipe(*ulca, [*extra, f"method.relight.weights={relight}",
+        checkpoints["ulca"] = train_recipe(*ulca, [*extra, f"method.relight.weights={relight_weights}",
                                                    f"method.init_checkpoint={checkpoints['source_only']}"])
         log.info("waiting for the oracle (log: %s)", oracle_log)
         oracle.join()
@@ -169,7 +165,7 @@ def run_demo(out: str | Path = "nightseg-demo", quick: bool = False, seed: int =
         for key, ckpt in checkpoints.items()
     }
     log.info("[5/5] report -> %s", out / "report.md")
-    grid = _grid(data, checkpoints, relight, out / "predictions.png")
+    grid = _grid(data, checkpoints, relight_weights, out / "predictions.png")
     table = format_table(results)
     elapsed = time.perf_counter() - started
     write_json(out / "results.json", {"plan": "quick" if quick else "full", "seed": seed,

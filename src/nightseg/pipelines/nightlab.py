@@ -4,7 +4,8 @@ CLI: ``nightseg nightlab --config FILE --out DIR key=value...``; the recipe piec
 HDM training, hard-class selection) live in `nightseg.methods.nightlab`.
 
 It runs the stages below into ``out``; each stage is skipped when its output exists, so rerunning the same
-command resumes (an interrupted Phi_I / Phi_R training continues from its saved state):
+command resumes (an interrupted Phi_I / Phi_R / RDN / HDM training continues from its saved state; the RDN
+and HDM keep theirs in ``rdn.state/`` / ``hdm.state/`` until their output is written):
 
 1. ``image/``: Phi_I, any segmenter trained with any recipe (``method.image_config``, by default the
    supervised night recipe), or a given checkpoint (``method.image_checkpoint``);
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -181,9 +183,11 @@ def run_nightlab(config: str | Path, overrides: list[str] | tuple[str, ...] = ()
             rdn = build_rdn(p.rdn)
             if p.rdn.init_from_image:
                 log.info("RDN backbone: %d tensors from Phi_I", init_rdn_from(rdn, image_tensors))
-            losses = train_rdn(rdn, samples, p.rdn.steps, p.rdn.batch_size, p.rdn.lr, seed, p.rdn.flip)
+            losses = train_rdn(rdn, samples, p.rdn.steps, p.rdn.batch_size, p.rdn.lr, seed, p.rdn.flip,
+                               state_dir=out / "rdn.state")
             _save_rdn(rdn, rdn_path, {"final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
                                       "boxes": sum(len(s[2]) for s in samples)})
+            shutil.rmtree(out / "rdn.state", ignore_errors=True)  # the stage's output exists: state no longer needed
         rdn = _load_rdn(rdn_path)
         # 5. HDM labels, 6. HDM
         hdm_path = out / "hdm.safetensors"
@@ -216,10 +220,11 @@ def run_nightlab(config: str | Path, overrides: list[str] | tuple[str, ...] = ()
             hdm = _load_rdn(rdn_path)
             anchor_labels = list(tensors["labels"].long())
             losses = train_rdn(hdm, samples, p.hdm.steps, p.hdm.batch_size, p.hdm.lr, seed + 1, False, anchor_labels,
-                               desc="HDM")
+                               desc="HDM", state_dir=out / "hdm.state")
             _save_rdn(hdm, hdm_path, {"positive": label_meta["positive"], "kept": label_meta["kept"],
                                       "hdm_split": hdm_where,
                                       "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))})
+            shutil.rmtree(out / "hdm.state", ignore_errors=True)
         # 7. export
         log.info("[7/7] export")
         variants = {"nightlab_rdn": rdn_path}

@@ -1,8 +1,8 @@
 """Training Zero-DCE with the zero-reference losses on unlabelled images (`nightseg relight train`, the demo).
 
-Writes W.safetensors (the DCE-Net weights, usable with ``--weights``) and W.train.safetensors (weights +
-Adam state, for ``--resume``) atomically after every epoch; a resumed run gives the same weights as an
-uninterrupted one.
+Writes W.safetensors (the DCE-Net weights, usable with ``--weights``) and the training state ``W.train/``
+(weights + Adam state + loss history, `nightseg.core.loop_state`, for ``--resume``) atomically after every
+epoch; a resumed run gives the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from nightseg.core.checkpoint import load_checkpoint, load_state_into, save_checkpoint
 from nightseg.core.errors import UserError
 from nightseg.core.io import read_image
+from nightseg.core.loop_state import load_loop_state, save_loop_state, state_step
 from nightseg.losses.zero_reference import zero_reference_loss
 from nightseg.models.relight import DCENet, save_dce_weights
 
@@ -42,42 +42,24 @@ def _load_crop(path: Path, size: int, generator: torch.Generator) -> torch.Tenso
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255.0
 
 
+def state_dir(out: Path) -> Path:
+    """Return the training-state folder of the weights file `out` (``W.safetensors`` -> ``W.train/``)."""
+    return out.with_name(out.stem + ".train")
+
+
 def state_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".train.safetensors")
-
-
-def _save_state(out: Path, model: DCENet, optimizer: torch.optim.Optimizer, meta: dict) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    for index, state in optimizer.state_dict()["state"].items():
-        for name, value in state.items():
-            tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value)
-    save_checkpoint(state_path(out), tensors, {"model": model.config, "training": meta})
-    save_dce_weights(model, out, {"training": meta})
-
-
-def _load_state(out: Path, model: DCENet, optimizer: torch.optim.Optimizer, settings: dict) -> dict:
-    path = state_path(out)
-    tensors, meta = load_checkpoint(path)
-    training = meta.get("training", {})
-    for key, value in settings.items():
-        if training.get(key) != value:
-            raise UserError(
-                f"{path}: was trained with {key}={training.get(key)!r}, this run asks for {value!r}; use the same settings to resume"
-            )
-    load_state_into(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
-    return training
+    """Return the file that marks a complete training state of `out`: ``W.train/state.json``."""
+    return state_dir(out) / "state.json"
 
 
 def train_relight(
     images: list[Path], out: Path, epochs: int, size: int, batch_size: int, seed: int, resume: bool = False
 ) -> DCENet:
-    """Train DCE-Net with the zero-reference losses on `images`; write `out` after each epoch; return it."""
+    """Train DCE-Net with the zero-reference losses on `images`; return the trained model (in eval mode).
+
+    Writes `out` and the training state ``state_dir(out)`` after each epoch; with `resume`, continues after
+    the last finished epoch of that state (a fresh start when there is none yet).
+    """
     if size < 16 or size % 16:
         raise UserError(
             f"--size {size}: must be a positive multiple of 16 (the exposure loss uses 16x16 patches)"
@@ -88,9 +70,9 @@ def train_relight(
     optimizer = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     settings = {"seed": seed, "size": size, "batch_size": batch_size, "images": len(images)}
     start, history = 0, []
-    if resume and state_path(out).is_file():  # resume with no saved state yet: a fresh start
-        training = _load_state(out, model, optimizer, settings)
-        start, history = int(training["epochs_done"]), list(training.get("history", []))
+    if resume and state_step(state_dir(out)) is not None:  # resume with no saved state yet: a fresh start
+        start, extra = load_loop_state(state_dir(out), {"model": model}, {"optimizer": optimizer}, settings=settings)
+        history = list(extra["history"])
         log.info("resuming %s after epoch %d", out, start)
     steps = math.ceil(len(images) / batch_size)
     bar = tqdm(total=(epochs - start) * steps, desc="relight train", unit="step", dynamic_ncols=True)
@@ -121,6 +103,8 @@ def train_relight(
         history.append(
             {"epoch": epoch + 1, "loss": total / steps, **{k: v / steps for k, v in parts_sum.items()}}
         )
-        _save_state(out, model, optimizer, {**settings, "epochs_done": epoch + 1, "history": history})
+        save_loop_state(state_dir(out), epoch + 1, {"model": model}, {"optimizer": optimizer}, settings=settings,
+                        extra={"history": history})
+        save_dce_weights(model, out, {"training": {**settings, "epochs_done": epoch + 1, "history": history}})
     bar.close()
     return model.eval()

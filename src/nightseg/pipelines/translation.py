@@ -1,4 +1,4 @@
-"""Unpaired day <-> night translation with CycleGAN (Zhu et al., ICCV 2017), seed 004's image converter.
+"""Unpaired day <-> night translation with CycleGAN (Zhu et al., ICCV 2017), See Clearer at Night's image converter.
 
 Domains: A = day, B = night. Generators ``G_day2night`` (A->B) and ``G_night2day`` (B->A), PatchGAN
 discriminators ``D_day`` / ``D_night``. One training step (CycleGAN, Sec. 3-4; plain PyTorch):
@@ -12,7 +12,7 @@ discriminators ``D_day`` / ``D_night``. One training step (CycleGAN, Sec. 3-4; p
 Adam (lr 2e-4, betas 0.5/0.999) for both, lr constant for the first half of the steps, then linearly to
 0 (CycleGAN's 100 + 100 epochs, counted in steps). Images are in [-1, 1] inside the loop (as the official
 code), so the L1 terms have CycleGAN's scale. Training state (all four nets, both Adam states, both
-image pools, loss history) is saved atomically with `nightseg.engine.state.save_state`; every
+image pools, loss history) is saved atomically with `nightseg.core.loop_state.save_loop_state`; every
 random draw of step ``t`` comes from a generator seeded by ``(seed, t)``, so a resumed run gives the same
 weights as an uninterrupted one. The generators alone are written to ``OUT/translator.safetensors``.
 """
@@ -33,7 +33,8 @@ from tqdm import tqdm
 from nightseg.core.checkpoint import save_checkpoint
 from nightseg.core.errors import UserError
 from nightseg.core.io import read_image, write_png
-from nightseg.engine.state import load_state, save_state, state_step
+from nightseg.core.loop_state import load_loop_state, save_loop_state, state_step
+from nightseg.core.schedule import linear_decay_factor
 from nightseg.models.translator import (
     TRANSLATOR_NAME,
     ImagePool,
@@ -94,11 +95,9 @@ class TranslatorSettings:
     seed: int = 0
 
     def lr_at(self, step: int) -> float:
-        """Return the learning rate of step `step` (0-based): constant, then linear to 0 (CycleGAN's 'linear')."""
-        start = int(self.steps * self.decay_start)
-        if step < start:
-            return self.lr
-        return self.lr * max(0.0, 1.0 - (step - start) / max(1, self.steps - start))
+        """Return the learning rate of step `step` (0-based): constant, then linear to 0 (CycleGAN's 'linear',
+        `nightseg.core.schedule.linear_decay_factor`)."""
+        return self.lr * linear_decay_factor(step, self.steps, int(self.steps * self.decay_start))
 
 
 def _settings_json(s: TranslatorSettings) -> dict[str, Any]:
@@ -242,17 +241,11 @@ def train_translator(
     if state_step(state_dir) is not None:
         if not resume:
             raise UserError(f"{state_dir}: a training state exists; pass --resume to continue it or choose a new --out")
-        state = load_state(state_dir)
-        if state["settings"] != _settings_json(s):
-            diff = [k for k, v in _settings_json(s).items() if state["settings"].get(k) != v]
-            raise UserError(f"{state_dir}: was trained with other settings ({', '.join(diff)}); use the same ones to resume")
-        for name in NETS:
-            getattr(nets, name).load_state_dict(state[name])
-        opt_g.load_state_dict(state["opt_G"])
-        opt_d.load_state_dict(state["opt_D"])
-        pools["day"].load(state["pool_day"])
-        pools["night"].load(state["pool_night"])
-        start, history = int(state["global_step"]), list(state["history"])
+        start, extra = load_loop_state(state_dir, {name: getattr(nets, name) for name in NETS},
+                                       {"opt_G": opt_g, "opt_D": opt_d}, settings=_settings_json(s))
+        pools["day"].load(extra["pool_day"])
+        pools["night"].load(extra["pool_night"])
+        history = list(extra["history"])
         log.info("resuming %s at step %d", out, start)
 
     fixed = torch.Generator().manual_seed(s.seed + 7)
@@ -262,10 +255,11 @@ def train_translator(
                                 for i in torch.randperm(len(night), generator=fixed)[:3].tolist()])
 
     def save(step: int) -> None:
-        save_state({"global_step": step, "settings": _settings_json(s), "history": history,
-                    **{name: getattr(nets, name).state_dict() for name in NETS},
-                    "opt_G": opt_g.state_dict(), "opt_D": opt_d.state_dict(),
-                    "pool_day": pools["day"].state(), "pool_night": pools["night"].state()}, state_dir)
+        """Write the loop state and the generators after `step` steps; return nothing."""
+        save_loop_state(state_dir, step, {name: getattr(nets, name) for name in NETS},
+                        {"opt_G": opt_g, "opt_D": opt_d}, settings=_settings_json(s),
+                        extra={"history": history, "pool_day": pools["day"].state(),
+                               "pool_night": pools["night"].state()})
         save_translator(nets, translator_path(out), s, {"steps_done": step, "history": history[-1:]})
 
     nets.train()
@@ -355,7 +349,7 @@ def translate_dataset(
 
     Layouts (`LAYOUTS`; the copy has the same names, so the layout's loader reads `dst`):
 
-    * ``cityscapes`` (seed 004, method 2; default direction day2night, split train):
+    * ``cityscapes`` (See Clearer at Night, method 2; default direction day2night, split train):
       ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` translated or copied, ``gtFine/<split>/`` copied;
     * ``dark_zurich`` (default direction night2day, split val, `condition` night):
       ``rgb_anon/<split>/<condition>/<SEQ>/*_rgb_anon.png`` translated or copied, ``gt/<split>/<condition>/``

@@ -20,6 +20,10 @@ colour changes of patterns touch only the pixels concerned, lighting is evaluate
 upsampled, exposure statistics come from a subsample, and the gain is folded into the tone curve.
 Careful: OpenCV arithmetic with a Python scalar on a 3-channel array applies it to the first channel only,
 so scalar arithmetic on colour buffers is done with numpy.
+
+Length: this is one cohesive module, the renderer of one frame: its stages share the per-pixel geometry
+buffers (primitive ids, positions, normals) and the scene's look, and are profiled stage by stage as
+module functions (bench/bench_synthetic.py); split, every stage would pass the same dozen buffers around.
 """
 
 from __future__ import annotations
@@ -229,7 +233,7 @@ def rasterize(flat: _Flat, cam: Camera) -> np.ndarray:
 _TILE_CACHE: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
 
-def _noise_tiles(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def noise_tiles(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """Noise tiles of 1.5h rows and w columns from a fixed seed, cached per size: three smooth unit-variance
     textures (fine, medium, coarse; shape (3, 1.5h, w)) and sensor noise (1.5h, w, 3): white noise plus
     low-frequency blotches, as left by a camera's denoiser. Frames use a random window of rows (rows
@@ -253,7 +257,7 @@ def _noise_tiles(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _crop(h: int, w: int, rng: np.random.Generator, sensor: bool = False) -> np.ndarray:
     """A random window of h rows of the smooth tiles (3, h*w, flat) or of the sensor-noise tile (h, w, 3)."""
-    smooth, sn = _noise_tiles(h, w)
+    smooth, sn = noise_tiles(h, w)
     oy = int(rng.integers(0, h // 2 + 1))
     return sn[oy:oy + h] if sensor else smooth[:, oy:oy + h].reshape(3, h * w)
 

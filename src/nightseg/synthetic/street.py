@@ -1,5 +1,10 @@
 """The static street layout of a synthetic scene (road, sidewalks, buildings, furniture, vegetation) and its
-look (sun and sky by day; lamps, ambient light and camera by night)."""
+look (sun and sky by day; lamps, ambient light and camera by night).
+
+Length: one cohesive module, `StreetBuilder`: its methods draw the street's parts one after the other from
+one random generator into one primitive set, each part placed against the street plan the earlier ones
+left (intersections, kerbs, building fronts), so their order and their shared state are the algorithm.
+"""
 
 from __future__ import annotations
 
