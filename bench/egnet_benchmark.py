@@ -13,7 +13,12 @@ are skipped, interrupted ones continue from their saved state. One process, one 
 ``--models ... egnet_beta1`` adds a diagnostic EGNet with beta = 1; ``plain_wide`` is the plain segmenter
 with EGNet's parameter count (`pspnet_tiny_wide`, 5.76 M vs 5.77 M; `pspnet_tiny` has 3.15 M). Pass
 ``--plot`` elsewhere when running a subset of the models, or the published plot is redrawn with fewer
-curves. docs/results.md ("EGNet") has the commands and the numbers of the reported runs.
+curves. ``--models geo_square geo_resized`` on the 128x256 `small` set compares train/test geometries
+(docs/results.md, "EGNet: train/test geometry"):
+
+    nightseg synth --out data/synthetic --preset small
+    python bench/egnet_benchmark.py --data data/synthetic --out runs/egnet_geometry --seeds 0 1 2 \
+        --models geo_square geo_resized docs/results.md ("EGNet") has the commands and the numbers of the reported runs.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 OFFICIAL_DCE = REPO.parent / "shared" / "realdata" / "zero_dce" / "Epoch99.pth"
 PLOT = REPO / "docs" / "images" / "egnet_ef1_bins.png"
 
+GEO_CROPS = ["data.source.crop=[76,76]"]
+GEO_TEST = ["model.options.test_size=[224,224]", "model.options.test_resize=stretch"]
 # key -> (config relative to src/nightseg/configs, title, extra overrides)
 TRAINED = {
     "plain": ("cpu/supervised_nightcity.yaml", "Plain segmenter (pspnet_tiny)", []),
@@ -44,23 +51,38 @@ TRAINED = {
     "exposure_attention": ("cpu/egnet_exposure_attention.yaml", "Exposure map as attention map", []),
     "day": ("cpu/supervised_cityscapes.yaml", "Day-trained (C)", []),
     "egnet_beta1": ("cpu/egnet.yaml", "EGNet, beta = 1 (diagnostic, not in the paper)", ["method.beta=1.0"]),
+    # train/test geometry (issue 21, item 1): the GPU recipe's protocol scaled to the 128x256 `small` frames
+    # (1024x512 / 4): 300x300 crops -> 76x76 at scale 1-2, 900x900 test input -> 224x224. Needs --data of
+    # the small preset; see docs/results.md, "EGNet: train/test geometry".
+    "geo_square": ("cpu/egnet.yaml", "EGNet, square crops, test stretched to 224x224 (paper as printed)",
+                   [*GEO_CROPS, "data.source.scale=[1.0,2.0]", *GEO_TEST]),
+    "geo_resized": ("cpu/egnet.yaml", "EGNet, trained on frames stretched to 224x224 as at test, tested so",
+                    [*GEO_CROPS, "data.source.resize=[224,224]", "data.source.scale=[1.0,1.0]", *GEO_TEST]),
 }
-DEFAULT_MODELS = [k for k in TRAINED if k != "egnet_beta1"]
+GEOMETRY = ["geo_square", "geo_resized"]
+DEFAULT_MODELS = [k for k in TRAINED if k != "egnet_beta1" and k not in GEOMETRY]
 # scored rows: key -> (trained run, relight at test time, title)
 ROWS = {key: (key, False, title) for key, (_, title, _) in TRAINED.items()}
 ROWS["day_dce"] = ("day", True, "Day-trained + Zero-DCE at test time (C (IE))")
+ROWS["geo_square_keep"] = ("geo_square", False, "EGNet, square crops, test scaled x1.24 keeping the aspect (same "
+                           "pixel count as 224x224)")
+# rows scored with another test resize than the trained model's config: row -> model.options.test_resize
+TEST_RESIZE = {"geo_square_keep": "keep_aspect"}
 ORDER = ["plain", "plain_wide", "egnet", "no_egl", "no_es", "concat", "sum", "extra_input", "exposure_attention", "egnet_beta1",
-         "day", "day_dce"]
+         "day", "day_dce", "geo_square", "geo_square_keep", "geo_resized"]
 PLOTTED = ["plain", "plain_wide", "egnet", "no_egl", "concat", "sum", "extra_input", "exposure_attention", "day", "day_dce"]
 
 
-def _score(ckpt: Path, data: Path, relight: Path | None) -> dict:
-    """Return the evaluate_dataset scores of `ckpt` on synthetic night val (optionally relit by Zero-DCE)."""
+def _score(ckpt: Path, data: Path, relight: Path | None, test_resize: str | None = None) -> dict:
+    """Return the evaluate_dataset scores of `ckpt` on synthetic night val (optionally relit by Zero-DCE;
+    `test_resize` replaces the EGNet's ``test_resize`` option)."""
     from nightseg.data import build_dataset
     from nightseg.inference import Predictor
     from nightseg.pipelines.evaluate import evaluate_dataset
 
     segmenter = Predictor.from_checkpoint(ckpt, device="cpu", relight=relight if relight else False)
+    if test_resize is not None:
+        segmenter.net.segmenter.test_resize = test_resize
     dataset = build_dataset("dark_zurich", data / "dark_zurich", "val")
     scores = evaluate_dataset(segmenter, dataset, workers=1, progress=False)
     return {"mIoU": scores["mIoU"], "mEF1": scores["exposure"]["mEF1"], "per_class_iou":
@@ -89,7 +111,7 @@ def run_one(key: str, seed: int, data: Path, out: Path, steps: int, overrides: l
     rows = {}
     for row, (trained, relit, _) in ROWS.items():
         if trained == key:
-            rows[row] = _score(ckpt, data, relight if relit else None)
+            rows[row] = _score(ckpt, data, relight if relit else None, TEST_RESIZE.get(row))
             rows[row].update(params=params, train_seconds=round(seconds, 1), egnet=isinstance(net.segmenter, EGNet))
     cached.write_text(json.dumps(rows))
     return rows
@@ -200,7 +222,8 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(
         {"steps": args.steps, "seeds": args.seeds, "data": str(args.data), "overrides": args.override,
          "relight": str(args.relight), "results": results}, indent=1))
-    plot(results, [r for r in PLOTTED if r in results], args.plot)
+    if any(r in results for r in PLOTTED):
+        plot(results, [r for r in PLOTTED if r in results], args.plot)
     print(f"\n{len(args.seeds)} seed(s), {args.steps} steps each; mean ± std over seeds\n")
     print(tables(results, rows))
     print(f"\nresults: {args.out / 'results.json'}  plot: {args.plot}")

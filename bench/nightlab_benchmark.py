@@ -4,8 +4,10 @@ seeds, the hard-class threshold ablation (seed Table 1), and a picture of propos
     nightseg synth --out data/mini --preset small --size 64x128
     python bench/nightlab_benchmark.py --data data/mini --out runs/nightlab_bench --seeds 0 1 2
 
-Trained on the NightCity-layout night train split (labelled); hard classes and HDM labels on the
-NightCity-layout val split; scored on the Dark Zurich-layout night val split. One process, one torch
+Trained on the NightCity-layout night train split (labelled) minus the HDM's held-out 20 % (the default
+``method.hdm.split: train_holdout``; ``--override method.hdm.split=val`` gives the HDM on val, as before
+issue 21); hard classes on the NightCity-layout val split; scored on the Dark Zurich-layout night val split.
+``--thresholds`` with no value skips the threshold ablation. One process, one torch
 thread. Resumable: every run and every score is cached under --out (rerun the same command). Prints the
 Markdown tables, writes OUT/results.json and --figure (default docs/images/nightlab_proposals.png).
 """
@@ -102,7 +104,7 @@ def tables(results: list[dict[str, Any]], ablation: dict[str, dict[str, Any]]) -
     lines = [f"| model | night mIoU (Dark Zurich val, {n} seed{'s' if n > 1 else ''}) |", "|---|---|"]
     for key, title in ROWS.items():
         lines.append(f"| {title} | {_pct([r['scores'][key]['mIoU'] for r in results], digits=2)} |")
-    lines += ["", "HDM: positive anchors kept / matched on NightCity val per seed: " + ", ".join(
+    lines += ["", "HDM: positive anchors kept / matched on the HDM split per seed: " + ", ".join(
         f"{r['hdm']['kept']}/{r['hdm']['positive']}" for r in results if r.get("hdm")), "",
         "Per-class IoU (mean ± std over seeds); **bold** = hard class (k/n: selected in k of n seeds):", "",
         "| class | " + " | ".join(ROWS.values()) + " |", "|---|" + "---|" * len(ROWS)]

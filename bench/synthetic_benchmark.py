@@ -17,7 +17,8 @@ process; ``--override`` changes any other key too, e.g. for the larger GPU budge
 
 ``--rows ... source_longer oracle_longer`` add controls: the source-only model (the oracle) trained on,
 as before, for the ULCA rows' steps, so that every model has had the same number of steps; they tell
-ULCA's gain from the gain of training longer. ``--jobs`` runs that many
+ULCA's gain from the gain of training longer. ``--rows source_only full_qk_full full_qk_reduced`` compares
+the two widths of cross attention's Q and K (docs/methods.md, "Cross attention"). ``--jobs`` runs that many
 trainings in parallel. The last line printed compares full ULCA with the targets of issue 6 (+10 mIoU
 over source-only, >= 50 % of the gap to the oracle closed).
 """
@@ -43,11 +44,20 @@ ROWS = {
     # as the ULCA fine-tune, so that ULCA's gain is not just the extra steps
     "source_longer": ("cpu/supervised_cityscapes.yaml", "Source-only, + the ULCA steps on day labels"),
     "oracle_longer": ("cpu/supervised_nightcity.yaml", "Oracle, + the ULCA steps on night labels"),
+    # cross attention's Q/K width (not in the default rows): full ULCA with C channels (the paper's Eq. 2)
+    # or C/8 (SAGAN), whatever the config's default
+    "full_qk_full": ("cpu/ulca_full.yaml", "Full ULCA, Q/K with C channels (the paper)"),
+    "full_qk_reduced": ("cpu/ulca_full.yaml", "Full ULCA, Q/K with C/8 channels (SAGAN)"),
 }
+ROW_OVERRIDES = {"full_qk_full": ["method.cross_attention.qk_channels=full"],
+                 "full_qk_reduced": ["method.cross_attention.qk_channels=reduced"]}
+"""Config overrides of a row on top of its config (after ``--override``)."""
 FINE_TUNES = {"relight_static": "source_only", "nightmix": "source_only", "consistency": "source_only",
-              "full": "source_only", "source_longer": "source_only", "oracle_longer": "oracle"}
+              "full": "source_only", "source_longer": "source_only", "oracle_longer": "oracle",
+              "full_qk_full": "source_only", "full_qk_reduced": "source_only"}
 """Rows that start from that seed's model of another row and train for ``--ulca-steps``."""
 CONTROLS = ("source_longer", "oracle_longer")
+OPTIONAL = (*CONTROLS, "full_qk_full", "full_qk_reduced")
 
 
 def _budget(row: str, steps: dict[str, int]) -> int:
@@ -72,7 +82,7 @@ def _job(args: tuple) -> tuple[str, int, dict]:
     config = ROWS[row][0]
     # --override may change the threads; data loading stays in the job's process (the jobs are daemonic
     # pool workers, which cannot start DataLoader workers)
-    overrides = ["train.cpu_threads=1", *extra, "data.workers=0"]
+    overrides = ["train.cpu_threads=1", *extra, *ROW_OVERRIDES.get(row, []), "data.workers=0"]
     if row in FINE_TUNES:
         start = RunDir(Path(out) / f"{FINE_TUNES[row]}_seed{seed}").last
         overrides.append(f"method.init_checkpoint={start}")
@@ -101,7 +111,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="source-only/oracle steps (default: the demo's)")
     parser.add_argument("--ulca-steps", type=int, default=None, help="steps of every fine-tuning row: the ULCA rows and the controls (default: the demo's)")
     parser.add_argument("--relight", choices=["synthetic", "official"], default="synthetic")
-    parser.add_argument("--rows", nargs="+", default=[r for r in ROWS if r not in CONTROLS], choices=list(ROWS))
+    parser.add_argument("--rows", nargs="+", default=[r for r in ROWS if r not in OPTIONAL], choices=list(ROWS))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--override", nargs="*", default=[], help="extra config overrides for every run")
     args = parser.parse_args()

@@ -50,11 +50,12 @@ def test_gradient_reaches_alpha_then_projections(pair):
         assert conv.weight.grad.abs().sum().item() > 0
 
 
+@pytest.mark.parametrize("qk", ["reduced", "full"])
 @pytest.mark.parametrize("value", ["night", "day"])
 @pytest.mark.parametrize("chunk", [None, 8])
-def test_sdpa_matches_naive(pair, value, chunk):
+def test_sdpa_matches_naive(pair, value, chunk, qk):
     night, day = pair
-    module = CrossAttention(16, reduction=4, value=value, chunk_size=chunk)
+    module = CrossAttention(16, reduction=4, value=value, chunk_size=chunk, qk_channels=qk)
     with torch.no_grad():
         module.alpha.fill_(0.7)
         got = module(night, day)
@@ -137,8 +138,40 @@ def test_segmenter_with_cross_attention():
         assert model(night, torch.rand(2, 3, 32, 40)).shape == (2, 5, 48, 64)  # reference of another size
     again = build_segmenter(**model.config)
     assert again.state_dict().keys() == model.state_dict().keys()
-    assert again.config["cross_attention"] == {"value": "day", "policy": "self", "reduction": 8}
+    assert again.config["cross_attention"] == {"value": "day", "policy": "self", "reduction": 8,
+                                               "qk_channels": "reduced"}
     model.train()
     night_logits, _ = model.forward_pair(night, day)
     night_logits.mean().backward()
     assert model.attention.alpha.grad is not None
+
+
+def test_qk_channels_full_is_the_papers_width_and_reduced_is_c_over_8(pair):
+    night, day = pair
+    full, reduced = CrossAttention(16, qk_channels="full"), CrossAttention(16, qk_channels="reduced")
+    assert full.query.weight.shape == full.key.weight.shape == (16, 16, 1, 1)  # Eq. 2: W_q, W_k map C to C
+    assert reduced.query.weight.shape == reduced.key.weight.shape == (2, 16, 1, 1)  # SAGAN: C/8
+    assert full.value.weight.shape == reduced.value.weight.shape == (16, 16, 1, 1)
+    # parameters: 2 (C*C' + C') + C*C + C + 1
+    assert sum(p.numel() for p in full.parameters()) == 2 * (16 * 16 + 16) + 16 * 16 + 16 + 1
+    assert sum(p.numel() for p in reduced.parameters()) == 2 * (16 * 2 + 2) + 16 * 16 + 16 + 1
+    # same value projection, different Q/K widths: different attention maps, so different outputs
+    full.value.load_state_dict(reduced.value.state_dict())
+    with torch.no_grad():
+        full.alpha.fill_(1.0)
+        reduced.alpha.fill_(1.0)
+        assert not torch.allclose(full(night, day), reduced(night, day))
+    with pytest.raises(ValueError, match="qk_channels"):
+        CrossAttention(16, qk_channels="half")
+
+
+def test_qk_channels_round_trips_and_old_configs_mean_reduced():
+    model = build_segmenter("pspnet_tiny", num_classes=5, cross_attention={"qk_channels": "full"})
+    c = model.feature_channels
+    assert model.attention.query.weight.shape[0] == c
+    again = build_segmenter(**model.config)
+    assert again.attention.query.weight.shape[0] == c and again.config["cross_attention"]["qk_channels"] == "full"
+    # a checkpoint config written before the option existed ({"value", "policy", "reduction"}) is C/8
+    old = build_segmenter("pspnet_tiny", num_classes=5,
+                          cross_attention={"value": "night", "policy": "bypass", "reduction": 8})
+    assert old.attention.query.weight.shape[0] == c // 8

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from nightseg.core.io import read_image
+from nightseg.core.io import read_image, read_label
 from nightseg.pipelines import demo, recipes
 
 
@@ -33,9 +34,36 @@ def test_demo_tiny_plan_writes_report_and_resumes(tmp_path, monkeypatch, run_cli
     for title in ("Source-only (day labels)", "ULCA", "Oracle (night labels)"):
         assert f"| {title} |" in report
     assert "| traffic light |" in report
+    # the pictures: titled columns (the caption names them), a legend, per-class bars and the exposure curve
+    assert "Columns of the picture: night input | Zero-DCE relit | Source-only (day labels) | ULCA | " \
+           "Oracle (night labels) | ground truth | ULCA vs source-only" in report and "Rows" not in report
     grid = read_image(out / "predictions.png")
-    # 3 night val rows of 64+4 px; 6 columns (night, relit, 3 models, ground truth) of 128+4 px
-    assert grid.shape == (3 * 68, 6 * 132, 3)
+    assert grid.shape[1] > grid.shape[0] > 0 and grid.std() > 0
+    for name in ("class_iou.png", "exposure.png"):
+        assert read_image(out / name).std() > 0 and f"]({name})" in report
+    # the example scenes follow the stated rule: recompute every scene's ULCA gain independently
+    from nightseg.inference import Predictor
+    from nightseg.pipelines.demo_report import night_val_scenes, pixel_accuracy
+
+    checkpoints = {k: out / "runs" / k / "checkpoints" / "last.safetensors" for k in ("source_only", "ulca")}
+    models = {k: Predictor.from_checkpoint(p) for k, p in checkpoints.items()}
+    gains = {}
+    for image_path, label_path in night_val_scenes(out / "data"):
+        image, label = read_image(image_path), read_label(label_path)
+        acc = {k: pixel_accuracy(m.predict(image).labels, label) for k, m in models.items()}
+        gains[image_path.name.replace("_rgb_anon.png", "")] = acc["ulca"] - acc["source_only"]
+    ranked = sorted(gains, key=lambda n: (-gains[n], n))
+    rows = [line.split(" | ") for line in report.splitlines() if line.startswith(("| largest", "| median", "| smallest"))]
+    chosen = {row[0].removeprefix("| "): row[1] for row in rows}
+    assert chosen["largest gain"] == ranked[0] and chosen["smallest gain"] == ranked[-1]
+    assert chosen.get("median gain", ranked[1]) == ranked[1]  # 3 scenes: the median is the middle one
+    assert f"{100 * gains[ranked[0]]:+.1f}" in report
+    # the demo ends with the real checkpoint paths and the next commands to try with them
+    ulca_ckpt = out / "runs" / "ulca" / "checkpoints" / "last.safetensors"
+    for path in (out / "runs" / k / "checkpoints" / "last.safetensors" for k in ("source_only", "ulca", "oracle")):
+        assert f": {path}" in result.out and path.is_file()
+    assert f"nightseg predict {ulca_ckpt} " in result.out and f"nightseg serve {ulca_ckpt}" in result.out
+    assert f"nightseg evaluate {ulca_ckpt} --dataset dark_zurich --root {out / 'data' / 'dark_zurich'}" in result.out
     # the ULCA run started from the source-only weights and carries the relighting net
     ulca_meta = json.loads((out / "runs" / "ulca" / "checkpoints" / "last.json").read_text())
     assert ulca_meta["step"] == 2
@@ -48,7 +76,22 @@ def test_demo_tiny_plan_writes_report_and_resumes(tmp_path, monkeypatch, run_cli
     assert background.keys() == expected.keys()
     assert all(torch.equal(background[k], expected[k]) for k in expected)
     # rerunning finds every stage finished and reproduces the same scores
-    again = run_cli("demo", "--quick", "--out", out)
+    messages: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("nightseg")  # attached directly: the root logger's setup by other tests does not matter
+    monkeypatch.setattr(logger, "disabled", False)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    logger.addHandler(handler)
+    try:
+        again = run_cli("demo", "--quick", "--out", out)
+    finally:
+        logger.removeHandler(handler)
     assert again.code == 0
+    # ... and says so: no "resuming" for a finished stage
+    said = "\n".join(messages)
+    assert "resuming" not in said + again.err
+    assert "zero_dce.safetensors: already trained (1 epoch(s))" in said and "already complete" in said
+    assert "ulca: already trained" in said
     assert json.loads((out / "results.json").read_text())["results"] == saved["results"]
     assert np.array_equal(read_image(out / "predictions.png"), grid)

@@ -141,6 +141,25 @@ def test_test_size_resizes_input_and_returns_frame_size():
     torch.testing.assert_close(out, ref)
 
 
+def test_keep_aspect_test_resize_scales_isotropically_to_the_test_size_pixel_count():
+    paper = egnet_tiny(test_size=[900, 900], test_resize="keep_aspect")
+    assert paper.network_size((512, 1024)) == (636, 1273)  # x1.243 both ways, 810 k pixels like 900x900
+    assert egnet_tiny(test_size=[900, 900]).network_size((512, 1024)) == (900, 900)  # stretch: x1.76 / x0.88
+    assert egnet_tiny().network_size((512, 1024)) == (512, 1024)
+    torch.manual_seed(0)
+    model = egnet_tiny(test_size=[48, 48], test_resize="keep_aspect").eval()
+    assert model.config["test_resize"] == "keep_aspect"
+    x = torch.rand(1, 3, 32, 64)
+    with torch.no_grad():
+        out = model(x)
+        resized = F.interpolate(x, size=(34, 68), mode="bilinear", align_corners=False)  # sqrt(48*48/(32*64))
+        ref = model.decode(model.encode(resized), (32, 64))
+    assert out.shape == (1, 19, 32, 64)
+    torch.testing.assert_close(out, ref)
+    with pytest.raises(ValueError, match="test_resize"):
+        egnet_tiny(test_size=[48, 48], test_resize="crop")
+
+
 # --------------------------------------------------------------------------------------------- recipe
 def _module(overrides: list[str] = ()):
     from nightseg.methods.egnet import build
@@ -202,6 +221,7 @@ def test_every_egnet_config_loads():
         assert cfg.model.options["w1"] == 1.0 and cfg.model.options["w2"] == 0.3
         if "cpu" not in path.parts:
             assert cfg.model.name.endswith("egnet_r101") and cfg.model.options["test_size"] == [900, 900]
+            assert cfg.model.options["test_resize"] == "keep_aspect"  # train/test geometry: docs/results.md
             assert cfg.data.source.crop == [300, 300] and cfg.optim.name == "sgd" and cfg.optim.poly_power == 0.9
 
 
@@ -275,7 +295,8 @@ def test_test_size_checkpoint_predicts_and_evaluates_at_the_frame_size(trained, 
                             {**meta, "model": {**meta["model"], "test_size": [48, 48]}})
     seg = Predictor.from_checkpoint(sized, device="cpu")
     assert seg.net.segmenter.test_size == (48, 48)
-    model = egnet_tiny(test_size=[48, 48])
+    assert seg.net.segmenter.test_resize == meta["model"]["test_resize"] == "keep_aspect"  # cpu/egnet.yaml
+    model = egnet_tiny(test_size=[48, 48], test_resize="keep_aspect")
     model.load_state_dict(tensors)
     model.eval()
     images = data / "dark_zurich" / "rgb_anon" / "val" / "night"
@@ -289,8 +310,9 @@ def test_test_size_checkpoint_predicts_and_evaluates_at_the_frame_size(trained, 
         assert labels.shape == (64, 128)  # the frame's size, not test_size
         np.testing.assert_array_equal(labels, seg.predict(frame).labels)
         x = torch.from_numpy(read_image(frame)).permute(2, 0, 1).float().div(255)[None]
-        with torch.no_grad():  # logits of the 48x48 input, upsampled to the frame
-            ref = model.decode(model.encode(F.interpolate(x, size=(48, 48), mode="bilinear", align_corners=False)),
+        assert model.network_size((64, 128)) == (34, 68)  # 48x48's pixel count, the frame's aspect
+        with torch.no_grad():  # logits of the 34x68 input, upsampled to the frame
+            ref = model.decode(model.encode(F.interpolate(x, size=(34, 68), mode="bilinear", align_corners=False)),
                                (64, 128)).argmax(1)[0].numpy()
         assert (labels == ref).mean() > 0.99  # BatchNorm folding changes logits only by rounding
     r = run_cli("evaluate", sized, "--dataset", "dark_zurich", "--root", data / "dark_zurich", "--out", tmp_path / "ev",

@@ -14,7 +14,7 @@ from nightseg.models import build_segmenter, fuse_batchnorm, list_segmenters
 from nightseg.models.backbones import dilate_resnet
 
 ALL = list_segmenters()
-LARGE = {"segformer_b3", "segformer_b4", "segformer_b5", "pspnet_r50"}  # seconds each on 2 cores: the slow lane
+LARGE = {"segformer_b3", "segformer_b4", "segformer_b5", "pspnet_r50", "daformer_mitb5"}  # seconds each on 2 cores: the slow lane
 CASES = [pytest.param(name, marks=pytest.mark.slow) if name in LARGE else name for name in ALL]
 
 

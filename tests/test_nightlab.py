@@ -222,17 +222,21 @@ def test_tiny_pipeline_writes_every_stage_and_resumes(pipeline, caplog):
     assert json.loads((run / "hard.json").read_text())["hard_classes"] == [5, 6, 7, 11, 12, 18]
     assert summary["hard_classes"] == [5, 6, 7, 11, 12, 18]
     assert 0 <= summary["hdm"]["kept"] <= summary["hdm"]["positive"] and summary["hdm"]["positive"] > 0
-    # HDM on the default split (the hard-class split, NightCity val): 2 val images, recorded, and warned about
-    assert summary["hdm"]["hdm_split"] == "nightcity NightCity val"
+    # HDM on the default split: 20 % of the 4 night train images (1), held out of Phi_I's training too
+    assert summary["hdm"]["hdm_split"] == "nightcity NightCity train holdout 0.2 seed 0"
     from nightseg.core.checkpoint import load_checkpoint
+    from nightseg.core.config import load_config
 
-    assert load_checkpoint(run / "hdm_labels.safetensors")[0]["labels"].shape[0] == 2
+    assert load_checkpoint(run / "hdm_labels.safetensors")[0]["labels"].shape[0] == 1
+    image_source = load_config(run / "image" / "config.yaml").data.source
+    assert image_source.dataset == "nightseg.methods.nightlab:without_holdout"
+    assert (image_source.options["holdout"], image_source.options["holdout_seed"]) == (0.2, 0)
+    assert load_config(run / "region" / "config.yaml").data.source.options["holdout"] == 0.2
     stamp = (run / "rdn.safetensors").stat().st_mtime_ns
     with caplog.at_level(logging.WARNING, logger="nightseg.nightlab"):
         again = run_nightlab("configs/cpu/nightlab_mini.yaml", _overrides(root), run)  # every stage done: skipped
     assert again["hdm"] == summary["hdm"] and (run / "rdn.safetensors").stat().st_mtime_ns == stamp
-    warned = [r.getMessage() for r in caplog.records if "HDM labels and fine-tuning" in r.getMessage()]
-    assert len(warned) == 1 and "nightcity val" in warned[0] and "method.hdm.split" in warned[0]
+    assert not [r for r in caplog.records if "HDM labels and fine-tuning" in r.getMessage()]  # held out: no warning
 
 
 def test_hdm_split_option_moves_the_hdm_labels_and_refuses_stale_outputs(pipeline, tmp_path, caplog):
@@ -243,21 +247,23 @@ def test_hdm_split_option_moves_the_hdm_labels_and_refuses_stale_outputs(pipelin
     root, _ = pipeline
     run = tmp_path / "run"
     shutil.copytree(root / "run", run)
-    overrides = [*_overrides(root), "method.hdm.split=train"]
-    with pytest.raises(UserError, match=r"hdm_labels\.safetensors: made on the HDM split 'nightcity NightCity val'"):
-        run_nightlab("configs/cpu/nightlab_mini.yaml", overrides, run)  # outputs of the val split: refused
+    overrides = [*_overrides(root), "method.hdm.split=val"]  # the scored split: only when asked, with a warning
+    with pytest.raises(UserError, match=r"hdm_labels\.safetensors: made on the HDM split 'nightcity NightCity train "
+                                        r"holdout 0.2 seed 0'"):
+        run_nightlab("configs/cpu/nightlab_mini.yaml", overrides, run)  # outputs of the held-out split: refused
     for name in ("hdm_labels", "hdm", "nightlab"):
         for suffix in (".safetensors", ".json"):
             (run / f"{name}{suffix}").unlink()
     stamp = (run / "rdn.safetensors").stat().st_mtime_ns
     with caplog.at_level(logging.WARNING, logger="nightseg.nightlab"):
         moved = run_nightlab("configs/cpu/nightlab_mini.yaml", overrides, run)
-    assert not [r for r in caplog.records if "HDM labels and fine-tuning" in r.getMessage()]  # not val: no warning
-    assert moved["hdm"]["hdm_split"] == "nightcity NightCity train"
+    warned = [r.getMessage() for r in caplog.records if "HDM labels and fine-tuning" in r.getMessage()]
+    assert len(warned) == 1 and "nightcity val" in warned[0] and "method.hdm.split" in warned[0]
+    assert moved["hdm"]["hdm_split"] == "nightcity NightCity val"
     labels = load_checkpoint(run / "hdm_labels.safetensors")[0]["labels"]
-    assert labels.shape[0] == 4  # the 4 night train images, not the 2 val ones
-    val_labels = load_checkpoint(root / "run" / "hdm_labels.safetensors")[0]["labels"]
-    assert labels.shape[1] == val_labels.shape[1]  # same anchors per image (same frame size)
+    assert labels.shape[0] == 2  # the 2 val images, not the held-out train image
+    held_labels = load_checkpoint(root / "run" / "hdm_labels.safetensors")[0]["labels"]
+    assert labels.shape[1] == held_labels.shape[1]  # same anchors per image (same frame size)
     assert (run / "rdn.safetensors").stat().st_mtime_ns == stamp  # stages 1-4 reused
 
 
@@ -326,3 +332,43 @@ def test_cli_refuses_a_recipe_that_is_not_nightlab_and_a_missing_phi_i(run_cli, 
     res = run_cli("nightlab", "--config", "configs/cpu/nightlab_mini.yaml", "--out", tmp_path / "b",
                   f"data.root={tmp_path}", f"method.image_checkpoint={missing}")
     assert res.code == 2 and str(missing) in res.err and "not found" in res.err
+
+
+def test_holdout_is_seeded_deterministic_and_disjoint_from_every_training_set(pipeline):
+    from nightseg.core.errors import UserError
+    from nightseg.data import build_dataset
+    from nightseg.methods.nightlab import (
+        HardRegionCrops,
+        holdout_indices,
+        training_indices,
+        without_holdout,
+    )
+
+    held = holdout_indices(100, 0.2, 0)
+    assert len(held) == 20 and held == sorted(held) and held == holdout_indices(100, 0.2, 0)
+    assert held != holdout_indices(100, 0.2, 1)  # the seed picks the images
+    assert sorted(held + training_indices(100, 0.2, 0)) == list(range(100))
+    assert holdout_indices(4, 0.2, 0) == [holdout_indices(4, 0.2, 0)[0]] and holdout_indices(10, 0.0) == []
+    with pytest.raises(UserError, match="method.hdm.holdout"):
+        holdout_indices(10, 1.0)
+    root, _ = pipeline
+    night = root / "data" / "NightCity"
+    full = build_dataset("nightcity", night, "train")
+    (out,) = holdout_indices(len(full), 0.2, 0)
+    kept = without_holdout(night, "train", base="nightcity", holdout=0.2, holdout_seed=0)
+    names = {full.load(i)["name"] for i in range(len(full))}
+    kept_names = {kept[i]["name"] for i in range(len(kept))}
+    assert len(kept) == len(full) - 1 and names - kept_names == {full.load(out)["name"]}  # Phi_I's stream
+    crops = HardRegionCrops(night, "train", hard_classes=[5, 6, 7, 11, 12, 18, 13], min_area=1, holdout=0.2)
+    assert crops.entries and out not in {index for index, _ in crops.entries}  # Phi_R's stream
+
+
+def test_holdout_refuses_a_phi_i_recipe_on_other_images(pipeline, tmp_path):
+    from nightseg.core.errors import UserError
+    from nightseg.pipelines.nightlab import run_nightlab
+
+    root, _ = pipeline
+    overrides = [*_overrides(root), "method.image_config=cpu/supervised_cityscapes.yaml"]
+    with pytest.raises(UserError, match="Phi_I trains on cityscapes cityscapes train, not on nightcity NightCity train"):
+        run_nightlab("configs/cpu/nightlab_mini.yaml", overrides, tmp_path / "run")
+    assert not (tmp_path / "run" / "image").exists()  # refused before any training

@@ -325,3 +325,30 @@ def test_paper_gpu_config():
     assert d.target.dataset == "dark_zurich_pairs"
     cpu = load_config(REPO / "configs" / "cpu" / "ulca.yaml")
     assert cpu.method.cross_attention.enabled and cpu.model.name != "pspnet_r101"
+
+
+def test_qk_channels_option_sets_the_query_key_width(tmp_path, relight_weights):
+    full = ULCA(make_cfg(tmp_path, relight_weights, {"cross_attention": {"qk_channels": "full"}}))
+    reduced = ULCA(make_cfg(tmp_path, relight_weights))
+    c = full.model.feature_channels
+    assert full.model.attention.query.weight.shape[0] == full.model.attention.key.weight.shape[0] == c  # the paper
+    assert reduced.model.attention.query.weight.shape[0] == c // 8  # SAGAN's C/8
+    assert full.export_model_config()["cross_attention"]["qk_channels"] == "full"
+    assert reduced.export_model_config()["cross_attention"]["qk_channels"] == load_config(
+        REPO / "configs" / "ulca.yaml").method.cross_attention.qk_channels
+
+
+def test_dannet_night_crop_option_resizes_960_pairs_to_512():
+    from torchvision import tv_tensors
+
+    from nightseg.data.streams import build_transform
+
+    frame = {"image": tv_tensors.Image(torch.zeros(3, 1080, 1920, dtype=torch.uint8)),
+             "day": tv_tensors.Image(torch.zeros(3, 1080, 1920, dtype=torch.uint8))}
+    paper = load_config(REPO / "configs" / "ulca.yaml")
+    assert paper.data.target.crop == [960, 960] and paper.data.target.out_size is None  # the seed's 960 crops
+    out = build_transform(paper.data.target, train=True)(frame)
+    assert out["image"].shape == out["day"].shape == (3, 960, 960)
+    dannet = load_config(REPO / "configs" / "ulca.yaml", ["data.target.out_size=[512,512]"])
+    out = build_transform(dannet.data.target, train=True)(frame)
+    assert out["image"].shape == out["day"].shape == (3, 512, 512)  # DANNet: 960 crop, resized to 512

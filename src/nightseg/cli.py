@@ -20,17 +20,19 @@ from nightseg.core.errors import TrainingInterrupted, UserError
 # command name -> module under nightseg.commands; one line per command.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "ULCA end to end on synthetic day/night scenes (CPU, minutes)"),
-    "eval": ("eval_folder", "score a folder of prediction PNGs against ground truth"),
+    "eval": ("eval_folder", "score a folder of already-written prediction PNGs (no model; see evaluate)"),
     "relight": ("relight", "train or apply the Zero-DCE relighting network"),
     "data": ("data", "check a dataset copy: counts, unmatched files, label values, sizes"),
     "train": ("train", "train a model from a YAML recipe"),
     "synth": ("synth", "generate the synthetic day/night street-scene benchmark"),
     "predict": ("predict", "segment images, folders, globs and videos with a checkpoint"),
-    "evaluate": ("evaluate", "score a checkpoint on a dataset split (report + plots)"),
+    "evaluate": ("evaluate", "run a checkpoint over a labelled dataset split and score it (report + plots)"),
     "submit": ("submit", "pack predictions into a benchmark submission zip"),
     "export": ("export", "export a checkpoint to ONNX (checked against PyTorch)"),
     "translate": ("translate", "train or apply a day<->night CycleGAN translator (See Clearer at Night)"),
     "nightlab": ("nightlab", "NightLab: hard classes, region model, RDN/HDM, merge"),
+    "import": ("import_model", "convert a published checkpoint (Hugging Face, smp, mmsegmentation) to NightSeg"),
+    "serve": ("serve", "a local web app (Gradio) to look at night predictions"),
 }
 
 log = logging.getLogger("nightseg")

@@ -26,8 +26,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     p = subparsers.add_parser(
         "eval",
         parents=[common],
-        help="score a folder of prediction PNGs against ground truth",
-        description="Score prediction PNGs against ground-truth PNGs: per-class IoU and accuracy, mIoU,\n"
+        help="score a folder of already-written prediction PNGs (no model; see evaluate)",
+        description="Score prediction PNGs that are already on disk (e.g. from `nightseg predict` or another\n"
+        "toolkit) against ground-truth PNGs; no model runs. To run a checkpoint over a dataset and score it\n"
+        "in one go, use `nightseg evaluate`.\n\n"
+        "Scores: per-class IoU and accuracy, mIoU,\n"
         "pixel accuracy, frequency-weighted IoU; with --images also the exposure-aware F1 (mEF1)\n"
         "of Tan et al. (NightCity, Sec. 5.1) per HSV-value exposure bin.",
         epilog=EPILOG,

@@ -17,16 +17,23 @@ from typing import Any
 
 from nightseg.commands.inference_options import add_inference_options, predictor_from_args
 from nightseg.core.errors import UserError
+from nightseg.core.io import check_output_dir
 from nightseg.evaluation.exposure import DEFAULT_AVERAGE
 from nightseg.evaluation.metrics import AVERAGES
 from nightseg.evaluation.report import write_report
+from nightseg.models.pretrained.reference import parse_hf
 from nightseg.pipelines.evaluate import evaluate_dataset
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add the `evaluate` command."""
-    p = subparsers.add_parser("evaluate", parents=[common], help="score a checkpoint on a dataset split (report + plots)")
-    p.add_argument("checkpoint", type=Path, metavar="CKPT", help="model .safetensors (with its .json) or exported .onnx")
+    p = subparsers.add_parser(
+        "evaluate", parents=[common],
+        help="run a checkpoint over a labelled dataset split and score it (report + plots)",
+        description="Run the checkpoint CKPT over a labelled dataset split and score its predictions (mIoU, "
+        "per-class IoU, mEF1, per-exposure-bin IoU, UIoU); writes a Markdown report with plots. To score "
+        "prediction PNGs already on disk, without a model, use `nightseg eval`.")
+    p.add_argument("checkpoint", type=Path, metavar="CKPT", help="model .safetensors (with its .json), exported .onnx, or a published model: file, folder, hf:ORG/NAME")
     p.add_argument("--dataset", required=True, help="dataset name (see `nightseg data`), e.g. dark_zurich, acdc, cityscapes")
     p.add_argument("--root", type=Path, required=True, help="dataset root folder")
     p.add_argument("--split", default="val", help="split to score (default val)")
@@ -50,7 +57,10 @@ def run(args: argparse.Namespace) -> int:
     threshold = _grid_threshold(args.invalid_threshold)
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be at least 1")
+    hub = parse_hf(args.checkpoint)  # a hub reference has no folder of its own: report into the current one
+    out = args.out or (Path(".") if hub else args.checkpoint.parent) / f"eval_{args.dataset}_{args.split}"
     dataset = build_dataset(args.dataset, args.root, args.split, skip_bad=args.skip_bad)
+    check_output_dir(out)  # before the model runs over the whole split
     segmenter = predictor_from_args(args)
     start = time.perf_counter()
     results = evaluate_dataset(segmenter, dataset, threshold, args.ef1_average, args.limit, args.skip_bad, args.workers)
@@ -58,7 +68,6 @@ def run(args: argparse.Namespace) -> int:
                 "relight": "off" if args.no_relight else (args.relight or "checkpoint"), "seconds": round(time.perf_counter() - start, 1)}
     results = {"checkpoint": str(args.checkpoint), "dataset": args.dataset, "root": str(args.root), "split": args.split,
                "settings": settings, **results}
-    out = args.out or args.checkpoint.parent / f"eval_{args.dataset}_{args.split}"
     paths = write_report(results, out, title=f"{args.checkpoint.name} on {args.dataset} {args.split}")
 
     def pct(x: float | None) -> str:

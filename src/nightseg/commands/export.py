@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from nightseg.core.errors import UserError
+from nightseg.core.io import check_output_file
 from nightseg.inference import load_inference_net, parse_size
 from nightseg.inference.onnx import DEFAULT_OPSET, export_onnx
+from nightseg.models.pretrained.reference import parse_hf
 
 FORMATS = ("onnx",)
 
@@ -23,7 +25,7 @@ FORMATS = ("onnx",)
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add the `export` command."""
     p = subparsers.add_parser("export", parents=[common], help="export a checkpoint to ONNX (checked against PyTorch)")
-    p.add_argument("checkpoint", type=Path, metavar="CKPT", help="model .safetensors (with its .json)")
+    p.add_argument("checkpoint", type=Path, metavar="CKPT", help="model .safetensors (with its .json), or a published model: file, folder, hf:ORG/NAME")
     p.add_argument("--format", choices=FORMATS, default="onnx", help="export format (onnx)")
     p.add_argument("--out", type=Path, help="file to write (default: CKPT with .onnx)")
     p.add_argument("--size", default="256x512", help="HxW of the example input used for tracing and the check")
@@ -40,10 +42,12 @@ def run(args: argparse.Namespace) -> int:
     """`nightseg export`: write the file and print the parity result."""
     if args.relight is not None and args.no_relight:
         raise UserError("--relight and --no-relight: choose one")
-    out = args.out or args.checkpoint.with_suffix(".onnx")
+    hub = parse_hf(args.checkpoint)  # hf:ORG/NAME[@REV] -> NAME.onnx in the current folder
+    out = args.out or (Path(hub[0].split("/")[-1] + ".onnx") if hub else args.checkpoint.with_suffix(".onnx"))
     if out.suffix != ".onnx":
         raise UserError(f"--out {out}: ONNX files must end in .onnx")
     size = parse_size(args.size, "--size")
+    check_output_file(out)
     net, _ = load_inference_net(args.checkpoint, False if args.no_relight else args.relight)
     info = export_onnx(net, out, size=size, opset=args.opset, dynamic=not args.static,
                        metadata={"checkpoint": str(args.checkpoint)}, check=not args.no_check)

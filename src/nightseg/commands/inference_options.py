@@ -20,6 +20,8 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--night2day", type=Path, metavar="CKPT",
                    help="translate each image night->day first with a `nightseg translate train` generator (See Clearer at Night)")
     p.add_argument("--sliding", action="store_true", help="sliding-window instead of whole-image inference")
+    p.add_argument("--whole", action="store_true",
+                   help="whole-image inference even for an imported model scored by sliding window (its metadata)")
     p.add_argument("--window", help="sliding window HxW (default 512x512)")
     p.add_argument("--stride", help="sliding stride HxW (default 2/3 of the window)")
     p.add_argument("--blend", choices=BLENDS, default="gaussian", help="how overlapping windows are blended")
@@ -36,7 +38,10 @@ def predictor_from_args(args: argparse.Namespace) -> Predictor:
     if args.relight is not None and args.no_relight:
         raise UserError("--relight and --no-relight: choose one")
     relight = False if args.no_relight else args.relight
-    sliding = SlidingWindow.parse(args.window, args.stride, args.blend) if args.sliding else None
+    if args.sliding and args.whole:
+        raise UserError("--sliding and --whole: choose one")
+    # None: the checkpoint's own setting (imported models carry how their source scored them)
+    sliding = SlidingWindow.parse(args.window, args.stride, args.blend) if args.sliding else (False if args.whole else None)
     if not args.sliding and (args.window or args.stride):
         raise UserError("--window/--stride: only used with --sliding")
     return Predictor.from_checkpoint(args.checkpoint, device=args.device, relight=relight, tta=args.tta,

@@ -9,13 +9,14 @@ from typing import Any
 
 from nightseg.commands.inference_options import add_inference_options, predictor_from_args
 from nightseg.core.errors import UserError
+from nightseg.core.io import check_output_dir
 from nightseg.pipelines.predict import DEFAULT_OUTPUTS, SUFFIXES, expand_inputs, parse_outputs, predict_inputs
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Add the `predict` command."""
     p = subparsers.add_parser("predict", parents=[common], help="segment images, folders, globs and videos with a checkpoint")
-    p.add_argument("checkpoint", type=Path, metavar="CKPT", help="model .safetensors (with its .json) or exported .onnx")
+    p.add_argument("checkpoint", type=Path, metavar="CKPT", help="model .safetensors (with its .json), exported .onnx, or a published model: file, folder, hf:ORG/NAME")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders (recursive) or glob patterns")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     add_inference_options(p)
@@ -34,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.invalid_threshold <= 1.0:
         raise UserError(f"--invalid-threshold {args.invalid_threshold}: must be in [0, 1]")
     kinds = parse_outputs(args.outputs, args.confidence)
-    expand_inputs(args.inputs)  # bad inputs fail before the model loads
+    expand_inputs(args.inputs)  # bad inputs and an unwritable --out fail before the model loads
+    check_output_dir(args.out)
     segmenter = predictor_from_args(args)
     stats = predict_inputs(segmenter, args.inputs, args.out, kinds, args.invalid_threshold, args.batch_size,
                            args.skip_bad, args.workers, args.overwrite, args.video_overlay)
@@ -44,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         msg += f"; {stats.skipped_done} already done (skipped)"
     if stats.skipped_bad:
         msg += f"; {len(stats.skipped_bad)} unreadable input(s) skipped"
+    if stats.single_channel:
+        msg += f"; {len(stats.single_channel)} single-channel input(s) read as gray RGB"
     print(msg)
     return 0
 

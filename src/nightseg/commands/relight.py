@@ -18,7 +18,15 @@ from typing import Any
 from tqdm import tqdm
 
 from nightseg.core.errors import UserError
-from nightseg.core.io import IMAGE_SUFFIXES, expand_image_inputs, list_images, read_image, write_png
+from nightseg.core.io import (
+    IMAGE_SUFFIXES,
+    check_output_dir,
+    check_output_file,
+    expand_image_inputs,
+    list_images,
+    read_image,
+    write_png,
+)
 from nightseg.models.relight import load_dce_weights, relight, resolve_weights
 from nightseg.pipelines.relight import state_path, train_relight
 
@@ -70,6 +78,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise UserError(f"{args.images}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     if args.out.suffix != ".safetensors":
         raise UserError(f"--out {args.out}: must end in .safetensors")
+    check_output_file(args.out)
     if args.resume and not state_path(args.out).is_file():
         raise UserError(
             f"{state_path(args.out)}: no training state to resume from; run without --resume first"
@@ -85,6 +94,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_apply(args: argparse.Namespace) -> int:
     """`nightseg relight apply`: write one relit PNG per input image under --out."""
     pairs = expand_image_inputs(args.inputs)
+    check_output_dir(args.out)
     model = load_dce_weights(resolve_weights(args.weights))
     for src, rel in tqdm(pairs, desc="relight", unit="img", dynamic_ncols=True, disable=len(pairs) < 2):
         write_png(args.out / rel, relight(model, read_image(src)))

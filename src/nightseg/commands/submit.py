@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from nightseg.core.io import check_output_file
 from nightseg.evaluation.submission import BENCHMARK_SPECS, BENCHMARKS, expected_images, pack_submission
 
 
@@ -39,6 +40,7 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`nightseg submit`: check and pack; print what was written."""
+    check_output_file(args.out)
     images = expected_images(args.benchmark, args.list, args.root)
     info = pack_submission(args.benchmark, args.pred_dir, args.out, images, uncertainty=not args.no_uncertainty,
                            fill_uncertainty=args.fill_uncertainty, conditions=args.conditions,

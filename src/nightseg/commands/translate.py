@@ -28,7 +28,14 @@ import torch
 from tqdm import tqdm
 
 from nightseg.core.errors import UserError
-from nightseg.core.io import IMAGE_SUFFIXES, expand_image_inputs, list_images, read_image, write_png
+from nightseg.core.io import (
+    IMAGE_SUFFIXES,
+    check_output_dir,
+    expand_image_inputs,
+    list_images,
+    read_image,
+    write_png,
+)
 from nightseg.inference import parse_size
 from nightseg.models.translator import DIRECTIONS, load_translator
 from nightseg.pipelines.translation import (
@@ -122,6 +129,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_apply(args: argparse.Namespace) -> int:
     """`nightseg translate apply`: one translated PNG per input image under --out."""
     pairs = expand_image_inputs(args.inputs)
+    check_output_dir(args.out)
     net = load_translator(args.checkpoint, args.direction)
     todo = [(s, r) for s, r in pairs if args.overwrite or not (args.out / r).is_file()]
     for src, rel in tqdm(todo, desc=args.direction, unit="img", dynamic_ncols=True, disable=len(todo) < 2):

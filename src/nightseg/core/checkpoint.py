@@ -2,12 +2,17 @@
 
 A checkpoint ``model.safetensors`` always comes with ``model.json`` holding at least
 ``{"format": "nightseg-checkpoint", "version": 1, "model": {...build kwargs...}}``. Nothing is ever
-unpickled: safetensors holds plain tensors, JSON holds the rest. Both files are written atomically.
+unpickled: safetensors holds plain tensors, JSON holds the rest. Both files are written atomically, and
+the JSON holds the safetensors file's ``sha256`` so that a file copied in part is refused at load time
+(checkpoints written before the digest was stored load as before).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +21,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from nightseg.core.errors import UserError
-from nightseg.core.io import atomic_path, read_format_json, write_json
+from nightseg.core.io import atomic_path, read_format_json
 
 FORMAT = "nightseg-checkpoint"
 VERSION = 1
+DIGEST_KEY = "sha256"
+"""Metadata key of the safetensors file's digest (`file_digest`), checked by `load_checkpoint`."""
 
 
 def metadata_path(path: str | os.PathLike) -> Path:
@@ -37,17 +44,63 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], m
         raise ValueError(f"{path}: checkpoint files must end in .safetensors")
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {"format": FORMAT, "version": VERSION, **metadata}
-    with atomic_path(path) as tmp:
+    # both files go to temporaries first and are renamed only once both are written (JSON first), so a
+    # failed write (disk full, permission lost) leaves the previous pair whole and matching its digest
+    with atomic_path(path) as tmp, atomic_path(metadata_path(path)) as tmp_meta:
         save_file(flat, str(tmp))
-    write_json(metadata_path(path), meta)
+        meta[DIGEST_KEY] = file_digest(tmp)
+        tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
     return path
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """Return ``"sha256:<hex>"`` of the file at `path` (the digest stored in checkpoint metadata)."""
+    with open(path, "rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verify_digest(path: str | os.PathLike, meta: dict[str, Any]) -> None:
+    """Raise a UserError when the checkpoint file at `path` does not match the digest in its metadata `meta`
+    (a file copied in part, or replaced without its .json). Checkpoints written before digests were stored
+    (no ``sha256`` key) are accepted as they are."""
+    expected = meta.get(DIGEST_KEY)
+    if expected is None:
+        return
+    if not isinstance(expected, str) or file_digest(path) != expected:
+        raise UserError(f"{path}: contents do not match the sha256 digest in {metadata_path(path).name} "
+                        "(copied in part, or replaced without its .json); copy both files again")
 
 
 def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """Return the metadata dict of the checkpoint at `path`; raise a UserError if absent or foreign."""
     path = Path(path)
-    return read_format_json(metadata_path(path), FORMAT, VERSION, "checkpoint",
+    meta = read_format_json(metadata_path(path), FORMAT, VERSION, "checkpoint",
                             "metadata file missing; a NightSeg checkpoint is a .safetensors file plus a .json beside it")
+    check_metadata(metadata_path(path), meta)
+    return meta
+
+
+# the types the readers of checkpoint metadata rely on (key -> allowed JSON types); other keys are free
+_SHAPES: dict[str, tuple[type, ...]] = {"model": (dict,), "config": (dict,), "metrics": (dict, type(None)),
+                                        "step": (int,), DIGEST_KEY: (str,)}
+_MODEL_SHAPES: dict[str, tuple[type, ...]] = {"name": (str,), "num_classes": (int,), "relight": (dict,)}
+
+
+def check_metadata(path: Path, meta: dict[str, Any]) -> None:
+    """Raise a one-line UserError naming `path` when a key that NightSeg reads has the wrong JSON type
+    (e.g. ``"model"`` not an object, ``model.num_classes`` not a positive whole number): a damaged file."""
+    def bad(key: str, value: Any, shapes: tuple[type, ...]) -> bool:
+        return (isinstance(value, bool) and bool not in shapes) or not isinstance(value, shapes)
+
+    for key, shapes in _SHAPES.items():
+        if key in meta and bad(key, meta[key], shapes):
+            raise UserError(f"{path}: {key!r} is {meta[key]!r}, which is not what a NightSeg checkpoint holds there; "
+                            "the metadata is damaged")
+    model = meta.get("model", {})
+    for key, shapes in _MODEL_SHAPES.items():
+        if key in model and (bad(key, model[key], shapes) or (key == "num_classes" and model[key] < 1)):
+            raise UserError(f"{path}: model.{key} is {model[key]!r}, which is not what a NightSeg checkpoint holds "
+                            "there; the metadata is damaged")
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -62,6 +115,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if path.suffix != ".safetensors":
         raise UserError(f"{path}: expected a .safetensors checkpoint written by NightSeg (pickled .pth/.ckpt files are not loaded)")
     meta = load_metadata(path)
+    verify_digest(path, meta)
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
@@ -94,11 +148,31 @@ def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], s
     module.load_state_dict(tensors, strict=True)
 
 
+ReferenceReader = Callable[[str | os.PathLike], tuple[dict[str, torch.Tensor], dict[str, Any]]]
+_reference_reader: list[ReferenceReader] = []
+
+
+def set_reference_reader(reader: ReferenceReader) -> None:
+    """Install the function that reads any model reference (a published checkpoint file or folder,
+    ``hf:ORG/NAME``) as ``(tensors, metadata)``. `nightseg.models.pretrained` installs its converter when
+    imported: core cannot import the models layer, yet ``method.init_checkpoint`` takes the same references."""
+    _reference_reader[:] = [reader]
+
+
+def read_model_reference(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Return ``(tensors, metadata)`` of a NightSeg checkpoint, or of any reference the installed reader
+    (`set_reference_reader`) converts; without one, NightSeg checkpoints only."""
+    if _reference_reader:
+        return _reference_reader[0](path)
+    return load_checkpoint(Path(path).expanduser())
+
+
 def load_segmenter_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
     """Load the segmenter tensors of the NightSeg checkpoint at `path` into `model` (a plain segmenter or a
     `CrossAttentionSegmenter`); relighting tensors are ignored, and a plain checkpoint loaded into a
-    cross-attention model leaves the attention at its initialisation (alpha = 0)."""
-    tensors, _ = load_checkpoint(Path(path).expanduser())
+    cross-attention model leaves the attention at its initialisation (alpha = 0). `path` may also be a
+    published checkpoint or ``hf:ORG/NAME`` (`read_model_reference`), converted on the fly."""
+    tensors, _ = read_model_reference(path)
     tensors = {k: v for k, v in tensors.items() if not k.startswith("relight.")}
     wrapped = any(k.startswith("segmenter.") for k in tensors)
     if hasattr(model, "attention"):

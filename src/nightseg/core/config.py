@@ -25,6 +25,7 @@ method therefore needs no change here: write ``methods/<name>.py`` with ``Params
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import types
 import typing
@@ -192,17 +193,23 @@ def list_methods() -> list[str]:
 
 def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Return the YAML mapping at `path` with its ``base`` chain merged in (base first)."""
+    given = path
     path = path.resolve()
     if path in chain:
         raise UserError(f"{path}: circular 'base' chain: {' -> '.join(str(p) for p in (*chain, path))}")
     if not path.is_file():
         where = f" (base of {chain[-1]})" if chain else ""
-        raise UserError(f"{path}: config file not found{where}")
+        # name the path as the user typed it (not its resolved form inside the package), with the nearest names
+        near = difflib.get_close_matches(given.name, [p.name for p in given.parent.glob("*.y*ml")], n=2)
+        hint = f"; did you mean {' or '.join(str(given.parent / n) for n in near)}?" if near else ""
+        raise UserError(f"{given}: config file not found{where}{hint}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         detail = " ".join(str(exc).split())
         raise UserError(f"{path}: invalid YAML ({detail})") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); is it a recipe YAML file?") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -210,6 +217,8 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     bases = raw.pop("base", None)
     if bases is None:
         return raw
+    if not isinstance(bases, (str, list)):
+        raise UserError(f"{path}: 'base' must be a file name or a list of file names, got {bases!r}")
     merged: dict[str, Any] = {}
     for base in [bases] if isinstance(bases, str) else bases:
         if not isinstance(base, str):

@@ -43,20 +43,38 @@ def _open(path: Path) -> Image.Image:
     return img
 
 
+SINGLE_CHANNEL_MODES = ("1", "L", "LA", "P", "I;16", "I;16B", "I;16L", "I", "F")
+"""Pillow modes of images with one channel of content (grayscale, 16-bit, palette): a label map given as an
+input image usually has one of these."""
+
+
+def read_image_with_info(path: str | os.PathLike) -> tuple[np.ndarray, str]:
+    """Return the image at `path` as an HxWx3 uint8 RGB array and the Pillow mode it was stored in.
+
+    Grayscale is replicated to 3 channels, alpha is dropped, 16-bit images are scaled to 8 bits; the mode
+    (e.g. ``"L"``, ``"P"``, ``"RGB"``) tells a caller what was converted (see `SINGLE_CHANNEL_MODES`).
+    """
+    img = _open(Path(path))
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if arr.max() > 255 else 255.0
+        arr = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2), mode
+    try:
+        if mode != "RGB":
+            img = img.convert("RGB")
+    except (ValueError, OSError) as exc:  # modes Pillow cannot convert (e.g. some float or CMYK variants)
+        raise UserError(f"{path}: cannot convert a {mode!r} image to RGB ({exc}); re-export it as 8-bit PNG") from exc
+    return np.asarray(img, dtype=np.uint8).copy(), mode
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Return the image at `path` as an HxWx3 uint8 RGB array.
 
     Grayscale is replicated to 3 channels, alpha is dropped, 16-bit images are scaled to 8 bits.
     """
-    img = _open(Path(path))
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if arr.max() > 255 else 255.0
-        arr = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(arr[..., None], 3, axis=2)
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8).copy()
+    return read_image_with_info(path)[0]
 
 
 def read_label(path: str | os.PathLike) -> np.ndarray:
@@ -93,8 +111,11 @@ os.umask(_UMASK)
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`, on failure remove it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    except OSError as exc:
+        raise _about(exc, path) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -102,9 +123,45 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if tmp_path.exists():  # mkstemp creates 0600: give the file the usual umask-based mode
             os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and str(exc.filename or "").startswith(str(tmp_path.parent / f".{path.name}.")):
+            raise _about(exc, path) from exc  # name the user's file, not our hidden temporary one
         raise
+
+
+def _about(exc: OSError, path: Path) -> OSError:
+    """Return `exc` re-addressed to `path` (same errno and reason) for the CLI's one-line message."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Check, before any work starts, that the folder `path` can be created and written; return it.
+
+    Creates the folder (as the work would) and a probe file inside it; raises a UserError naming `option`
+    and the user's path when `path` is an existing file or cannot be written (permissions, read-only disk).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path}: is an existing file, not a folder; give a folder path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot write here ({exc.strerror or exc}); "
+                        "choose a folder you can write to") from exc
+    return path
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Check, before any work starts, that the file `path` can be written (its folder is writable and it is
+    not an existing folder); return it. Raises a UserError naming `option` and the user's path."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path}: is an existing folder; give a file path")
+    check_output_dir(path.parent if str(path.parent) else Path("."), option=f"{option} {path}: folder")
+    return path
 
 
 def write_png(path: str | os.PathLike, array: np.ndarray, palette: np.ndarray | None = None) -> Path:
@@ -211,12 +268,15 @@ def read_format_json(path: Path, fmt: str, version: int, kind: str, missing: str
     if not path.is_file():
         raise UserError(f"{path}: {missing}")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid JSON ({exc}); the {kind} is damaged") from exc
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise UserError(f"{path}: not a NightSeg {kind} (missing \"format\": \"{fmt}\")")
-    if int(data.get("version", 0)) > version:
+    found = data.get("version", 0)
+    if isinstance(found, bool) or not isinstance(found, int):
+        raise UserError(f"{path}: \"version\" is {found!r}, not a whole number; the {kind} is damaged")
+    if found > version:
         raise UserError(f"{path}: {kind} version {data['version']} is newer than this NightSeg supports ({version}); "
                         "upgrade nightseg")
     return data

@@ -84,14 +84,18 @@ def find_pairs_csv(root: Path) -> Path:
 def read_pairs(path: Path) -> list[tuple[str, str]]:
     """Return the (night, day) entries of a pair CSV, each relative to ``rgb_anon/`` without suffix."""
     rows = []
-    with path.open(newline="") as fh:
-        for lineno, row in enumerate(csv.reader(fh), start=1):
-            cells = [c.strip() for c in row if c.strip()]
-            if not cells or cells[0].startswith("#"):
-                continue
-            if len(cells) != 2:
-                raise UserError(f"{path}:{lineno}: expected 'night_path,day_path', got {','.join(row)!r}")
-            rows.append((cells[0].removesuffix(IMAGE_SUFFIX), cells[1].removesuffix(IMAGE_SUFFIX)))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a text (UTF-8) pair CSV ({exc.reason} at byte {exc.start}); expected "
+                        "'night_path,day_path' lines") from None
+    for lineno, row in enumerate(csv.reader(text.splitlines()), start=1):
+        cells = [c.strip() for c in row if c.strip()]
+        if not cells or cells[0].startswith("#"):
+            continue
+        if len(cells) != 2:
+            raise UserError(f"{path}:{lineno}: expected 'night_path,day_path', got {','.join(row)!r}")
+        rows.append((cells[0].removesuffix(IMAGE_SUFFIX), cells[1].removesuffix(IMAGE_SUFFIX)))
     if not rows:
         raise UserError(f"{path}: the pair CSV has no rows")
     return rows

@@ -168,3 +168,53 @@ def hsv_value(image: torch.Tensor) -> torch.Tensor:
     if not value.is_floating_point():
         raise TypeError(f"images must be uint8 or floating point in [0, 1], got dtype {image.dtype}")
     return value.to(torch.float32)
+
+
+# --------------------------------------------------------------------------------------------- DACS
+@dataclass(frozen=True)
+class MixAugmentConfig:
+    """The augmentation DACS (Tranheden et al., WACV 2021) and DAFormer apply to ClassMix images.
+
+    Colour jitter with probability `jitter_p` (DAFormer: applied when ``U(0,1) > 0.2``): brightness,
+    contrast and saturation factors in ``[1 - s, 1 + s]`` and a hue shift in ``[-s, s]`` (fraction of the
+    colour circle), in a random order, as ``ColorJitter(s, s, s, s)``; then a Gaussian blur with
+    probability `blur_p` and sigma in `blur_sigma` (DAFormer: ``U(0.15, 1.15)``, kernel about 10 % of the
+    image, which a radius of ``3 sigma`` reproduces to float precision). DACS uses ``s = 0.25``, DAFormer
+    ``s = 0.2``.
+    """
+
+    jitter_p: float = 0.8
+    strength: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.15, 1.15)
+
+
+def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: list[int]) -> torch.Tensor:
+    """Return ``x [B,3,H,W]`` with per-image ``factors [B,4]`` = (brightness, contrast, saturation, hue)
+    applied in `order` (indices into the four), with torchvision's definitions; hue 0 / factor 1 = unchanged."""
+    from torchvision.transforms.v2 import functional as TF
+
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    out = []
+    for image, f in zip(x, factors.tolist()):
+        for k in order:
+            image = ops[k](image, f[k])
+        out.append(image.clamp(0.0, 1.0))
+    return torch.stack(out)
+
+
+def mix_augment(x: torch.Tensor, generator: torch.Generator, config: MixAugmentConfig = MixAugmentConfig()
+                ) -> torch.Tensor:
+    """Return DACS's colour jitter + Gaussian blur of a batch ``[B,3,H,W]`` in [0,1] (see `MixAugmentConfig`);
+    every draw comes from `generator`, one set of parameters per image."""
+    xb, single = _as_batch(x)
+    b, s = xb.shape[0], config.strength
+    factors = torch.stack([_uniform(b, (max(0.0, 1 - s), 1 + s), generator) for _ in range(3)]
+                          + [_uniform(b, (-s, s), generator)], dim=1).cpu()
+    jitter = (torch.rand(b, generator=generator, device=generator.device) < config.jitter_p).cpu()
+    factors = torch.where(jitter[:, None], factors, torch.tensor([1.0, 1.0, 1.0, 0.0]))
+    order = torch.randperm(4, generator=generator, device=generator.device).tolist()
+    out = color_jitter(xb, factors, order)
+    sigma = _gate(_uniform(b, config.blur_sigma, generator), config.blur_p, 0.0, generator)
+    out = gaussian_blur(out, sigma)
+    return out[0] if single else out

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from nightseg.core.classes import NUM_CLASSES
+from nightseg.core.classes import IGNORE_INDEX, NUM_CLASSES
 from nightseg.evaluation.metrics import (
     AVERAGES,
     Average,
@@ -32,6 +32,21 @@ from nightseg.evaluation.metrics import (
 
 NUM_EXPOSURE_BINS = 10
 DEFAULT_AVERAGE: Average = "pixel"
+
+
+def masked_label(sample: dict[str, Any]) -> torch.Tensor:
+    """Return the sample's (or batch's) ``label`` with the pixels of its ``invalid`` mask, if any, set to 255.
+
+    The one definition of the pixels that mEF1 and training validation score (and that training losses
+    see): an invalid-mask pixel (Dark Zurich / ACDC ``*_gt_invIds.png``) is in no exposure bin, as
+    docs/methods.md ("Exposure-aware F1") defines. Used by the training recipes, `SegmentationModule`'s
+    validation and `nightseg evaluate`, so the three cannot drift apart.
+    """
+    label = sample["label"]
+    if sample.get("invalid") is not None:
+        label = label.masked_fill(torch.as_tensor(sample["invalid"]).to(device=label.device, dtype=torch.bool),
+                                  IGNORE_INDEX)
+    return label
 
 
 def exposure_bins(image: torch.Tensor, num_bins: int = NUM_EXPOSURE_BINS) -> torch.Tensor:

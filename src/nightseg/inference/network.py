@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from nightseg.core.checkpoint import load_checkpoint, load_state_into
+from nightseg.core.checkpoint import load_state_into
 from nightseg.core.errors import UserError
-from nightseg.models.registry import model_from_config
+from nightseg.models.registry import model_from_config, read_checkpoint
 from nightseg.models.relight import load_dce_weights, relight, resolve_weights, split_relight
 from nightseg.models.translator import load_translator
 
@@ -40,7 +40,8 @@ def load_inference_net(
     path: str | os.PathLike, relight: str | os.PathLike | bool | None = None,
     night2day: str | os.PathLike | None = None,
 ) -> tuple[InferenceNet, dict[str, Any]]:
-    """Return (eval-mode `InferenceNet`, checkpoint metadata) for a NightSeg ``.safetensors`` checkpoint.
+    """Return (eval-mode `InferenceNet`, checkpoint metadata) for a NightSeg ``.safetensors`` checkpoint, or
+    any model reference `read_checkpoint` converts (a published checkpoint file or folder, ``hf:ORG/NAME``).
 
     `relight`: None uses the relighting net the checkpoint bundles (ULCA exports one under ``relight.*``)
     or none; False never relights; True uses the bundled net, else ``$NIGHTSEG_RELIGHT_WEIGHTS``; a path
@@ -49,7 +50,7 @@ def load_inference_net(
     Raises a UserError naming the file on wrong architecture / class count / missing weights.
     """
     path = Path(path)
-    tensors, meta = load_checkpoint(path)
+    tensors, meta = read_checkpoint(path)
     config = dict(meta.get("model") or {})
     if config.get("name") == "zero_dce":
         raise UserError(f"{path}: holds Zero-DCE relighting weights, not a segmentation model; pass it as --relight")

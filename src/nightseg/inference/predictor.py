@@ -106,6 +106,16 @@ class SlidingWindow:
         return cls(win, st, blend)
 
 
+def sliding_from_metadata(meta: dict[str, Any]) -> SlidingWindow | None:
+    """Return the sliding window an imported checkpoint was scored with (``pretrained.preprocessing.test``,
+    e.g. SegFormer's 1024x1024 windows every 768 pixels, uniform blending as mmseg), None for whole-image."""
+    test = ((meta.get("pretrained") or {}).get("preprocessing") or {}).get("test") or {}
+    if test.get("mode") != "slide":
+        return None
+    window, stride = tuple(test["window"]), tuple(test["stride"])
+    return SlidingWindow((int(window[0]), int(window[1])), (int(stride[0]), int(stride[1])), test.get("blend", "uniform"))
+
+
 def parse_size(text: str, option: str) -> tuple[int, int]:
     """Return (height, width) of ``"HxW"`` or ``"N"`` (square)."""
     parts = text.lower().replace("*", "x").split("x")
@@ -223,7 +233,7 @@ class Predictor:
         device: torch.device | str = "cpu",
         relight: str | os.PathLike | bool | None = None,
         tta: TTA | str | None = None,
-        sliding: SlidingWindow | None = None,
+        sliding: SlidingWindow | bool | None = None,
         backend: str = "torch",
         fuse: bool = True,
         channels_last: bool = True,
@@ -233,7 +243,8 @@ class Predictor:
 
         `device`: ``"cpu"``, ``"cuda"``, ``"auto"``. `relight`: see `load_inference_net` (None: the
         checkpoint's own relighting net if it has one). `tta`: a `TTA` or a spec like ``"flip,0.75,1,1.25"``.
-        `sliding`: sliding-window settings (None: whole image). `backend`: ``"torch"`` or ``"onnx"`` (a
+        `sliding`: sliding-window settings; None: the window an imported checkpoint was scored with (its
+        ``pretrained.preprocessing`` metadata), else whole image; False: whole image. `backend`: ``"torch"`` or ``"onnx"`` (a
         ``.safetensors`` checkpoint is then exported to a temporary ONNX file first). `fuse` folds
         BatchNorm into the convolutions (torch backend). `night2day`: a ``nightseg translate train`` checkpoint
         whose night->day generator runs before the segmenter (See Clearer at Night, method 1; see `load_inference_net`).
@@ -251,6 +262,12 @@ class Predictor:
             onnx_net = OnnxNet(path, dev)
             return cls(onnx_net, onnx_net.num_classes, dev, sliding=sliding, tta=tta, metadata=onnx_net.meta)
         net, meta = load_inference_net(path, relight, night2day)
+        if sliding is None:
+            sliding = sliding_from_metadata(meta)
+            if sliding is not None:
+                log.info("%s: sliding window %dx%d, stride %dx%d, as the source scored it (--whole: whole image)",
+                         path, *sliding.window, *sliding.stride)
+        sliding = sliding or None
         if backend == "onnx":
             with tempfile.TemporaryDirectory(prefix="nightseg-onnx-") as folder:  # onnxruntime keeps it in memory
                 onnx_path = Path(folder) / (path.stem + ".onnx")
@@ -377,5 +394,6 @@ __all__ = [
     "SlidingWindow",
     "blend_weight",
     "parse_size",
+    "sliding_from_metadata",
     "window_starts",
 ]

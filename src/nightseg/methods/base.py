@@ -19,21 +19,14 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
-from nightseg.core.classes import IGNORE_INDEX, colorize
+from nightseg.core.classes import colorize
 from nightseg.core.config import Config
+from nightseg.core.errors import UserError
 from nightseg.core.io import write_png
 from nightseg.core.schedule import poly_factor
-from nightseg.evaluation.exposure import ExposureConfusion, exposure_scores
+from nightseg.evaluation.exposure import ExposureConfusion, exposure_scores, masked_label
 from nightseg.evaluation.metrics import class_names_for, segmentation_scores
 from nightseg.models.registry import build_model
-
-
-def masked_label(sample: dict[str, Any]) -> torch.Tensor:
-    """Return the sample batch's ``label`` with pixels of its ``invalid`` mask (if any) set to 255."""
-    label = sample["label"]
-    if "invalid" in sample:
-        label = label.masked_fill(sample["invalid"].to(torch.bool), IGNORE_INDEX)
-    return label
 
 
 class SegmentationModule(L.LightningModule):
@@ -75,7 +68,12 @@ class SegmentationModule(L.LightningModule):
         return dict(self.model.config)
 
     def log_losses(self, total: torch.Tensor, **terms: torch.Tensor) -> torch.Tensor:
-        """Log ``train/loss`` = `total`, every term as ``train/<name>`` and ``train/lr``; return `total`."""
+        """Log ``train/loss`` = `total`, every term as ``train/<name>`` and ``train/lr``; return `total`.
+
+        A NaN/inf `total` stops training (`check_finite_losses`) before the optimizer step, so the weights and
+        the last saved checkpoint stay as they were.
+        """
+        check_finite_losses(total, terms, int(self.trainer.global_step) + 1 if self._trainer is not None else None)
         batch_size = self.cfg.data.batch_size
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=batch_size)
         for name, value in terms.items():
@@ -170,3 +168,16 @@ def _thumbnail(rgb: np.ndarray, pred: np.ndarray, label: np.ndarray, height: int
 def finite(value: float) -> float:
     """A NaN summary score (nothing labelled) is logged as 0 so that loggers and progress bars stay readable."""
     return 0.0 if value is None or math.isnan(value) else float(value)
+
+
+def check_finite_losses(total: torch.Tensor, terms: dict[str, Any], step: int | None) -> None:
+    """Raise a one-line UserError naming training step `step` and the first non-finite loss term when the
+    total loss is NaN or inf; return None otherwise (one device sync per step)."""
+    if bool(torch.isfinite(total.detach()).all()):
+        return
+    values = {name: float(v.detach().float().sum() if isinstance(v, torch.Tensor) else v) for name, v in terms.items()}
+    bad = [(name, v) for name, v in values.items() if not math.isfinite(v)]
+    term = f"loss term {bad[0][0]!r} is {bad[0][1]}" if bad else f"the total loss is {float(total.detach().sum())}"
+    where = f"training step {step}" if step is not None else "training"
+    raise UserError(f"{where}: {term}; stopped before the optimizer step, the last saved checkpoint and training "
+                    "state are kept; lower optim.lr (or check the data), then rerun with --resume")

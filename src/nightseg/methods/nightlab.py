@@ -35,6 +35,9 @@ from nightseg.models.nightlab import (
 
 log = logging.getLogger("nightseg.nightlab")
 
+TRAIN_HOLDOUT = "train_holdout"
+"""``method.hdm.split`` value: the HDM works on a held-out part of the training split (`holdout_indices`)."""
+
 
 # --------------------------------------------------------------------------------------------- params
 @dataclass
@@ -68,13 +71,20 @@ class HDMParams:
     """The hardness detection module: relabelled anchors (Eq. 1) and the RDN fine-tuned on them (Eq. 2)."""
 
     enabled: bool = True
+    split: str | None = TRAIN_HOLDOUT
+    """``train_holdout`` (default): a seeded ``holdout`` share of the training images of ``data.source``
+    (its ``options.base`` dataset, root and split), which Phi_I, Phi_R and the RDN then do not train on.
+    Any other value is a split of ``dataset``/``root`` (null: ``method.hard_split``, NightCity val, the split
+    the seed reports scores on: scores there are then optimistic, and a warning says so)."""
+    holdout: float = 0.2
+    """Share of the training images held out for the HDM (``split: train_holdout``)."""
+    holdout_seed: int = 0
+    """Seed of the held-out selection (independent of the run's seed, so all seeds use one split)."""
     dataset: str | None = None
-    """Dataset of the HDM labels and fine-tuning (null: ``method.hard_dataset``)."""
+    """Dataset of the HDM labels and fine-tuning when ``split`` is not ``train_holdout`` (null:
+    ``method.hard_dataset``)."""
     root: str | None = None
     """Its folder under ``data.root`` (null: ``method.hard_root``)."""
-    split: str | None = None
-    """Its split (null: ``method.hard_split``, i.e. NightCity val: the split the seed reports scores on, so
-    scores on it are then optimistic; the seed does not say which split HDM uses)."""
     steps: int = 2000
     batch_size: int = 4
     lr: float = 0.005
@@ -127,7 +137,8 @@ class HardRegionCrops(Dataset):
 
     def __init__(self, root: str | Path, split: str = "train", transform: Any = None, *, base: str = "nightcity",
                  hard_classes: list[int] | None = None, size: list[int] | tuple[int, int] = (64, 64),
-                 context: float = 2.0, min_side: int = 16, min_area: int = 4, jitter: float = 0.25) -> None:
+                 context: float = 2.0, min_side: int = 16, min_area: int = 4, jitter: float = 0.25,
+                 holdout: float = 0.0, holdout_seed: int = 0) -> None:
         from nightseg.data import build_dataset
 
         if not hard_classes:
@@ -138,7 +149,9 @@ class HardRegionCrops(Dataset):
         self.size = [int(s) for s in size]
         self.context, self.min_side, self.jitter = float(context), int(min_side), float(jitter)
         self.entries: list[tuple[int, list[float]]] = []
-        for index in tqdm(range(len(self.base)), desc="hard regions", unit="img", disable=None, leave=False):
+        # the HDM's held-out images (holdout > 0) give no crop: Phi_R must not train on them
+        images = training_indices(len(self.base), holdout, holdout_seed)
+        for index in tqdm(images, desc="hard regions", unit="img", disable=None, leave=False):
             label = self.base.load(index)["label"].as_subclass(torch.Tensor)
             boxes, _ = boxes_from_label(label.reshape(label.shape[-2:]), hard_classes, min_area)
             self.entries.extend((index, box) for box in boxes.tolist())
@@ -174,6 +187,39 @@ class HardRegionCrops(Dataset):
 def hard_region_crops(root: str | Path, split: str = "train", transform: Any = None, **options: Any) -> HardRegionCrops:
     """Return the `HardRegionCrops` dataset (the ``module:factory`` form for ``data.source.dataset``)."""
     return HardRegionCrops(root, split, transform, **options)
+
+
+def holdout_indices(n: int, fraction: float, seed: int = 0) -> list[int]:
+    """Return the sorted indices of the ``round(fraction * n)`` images (at least 1 when fraction > 0) held out
+    for the HDM: the first ones of a permutation of range(n) seeded by `seed`, the same on every machine."""
+    if not 0.0 <= fraction < 1.0:
+        raise UserError(f"method.hdm.holdout={fraction}: must be in [0, 1)")
+    if fraction == 0.0 or n == 0:
+        return []
+    count = min(n - 1, max(1, round(fraction * n)))
+    if count < 1:
+        raise UserError(f"method.hdm.holdout={fraction}: a split of {n} image(s) leaves nothing to train on")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    return sorted(perm[:count].tolist())
+
+
+def training_indices(n: int, fraction: float, seed: int = 0) -> list[int]:
+    """Return the sorted indices of range(n) that `holdout_indices` does not hold out."""
+    held = set(holdout_indices(n, fraction, seed))
+    return [i for i in range(n) if i not in held]
+
+
+def without_holdout(root: str | Path, split: str = "train", transform: Any = None, *, base: str = "nightcity",
+                    holdout: float = 0.2, holdout_seed: int = 0, **options: Any) -> Dataset:
+    """Return dataset `base` (`nightseg.data.build_dataset`) without the HDM's held-out images: the
+    ``module:factory`` the pipeline puts in Phi_I's training stream when ``method.hdm.split`` is
+    ``train_holdout``."""
+    from torch.utils.data import Subset
+
+    from nightseg.data import build_dataset
+
+    dataset = build_dataset(base, Path(root), split, transform=transform, **options)
+    return Subset(dataset, training_indices(len(dataset), holdout, holdout_seed))
 
 
 # --------------------------------------------------------------------------------------------- Phi_R recipe

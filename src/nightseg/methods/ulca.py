@@ -81,7 +81,8 @@ class StaticParams:
     enabled: bool = True
     weight: float = 1.0
     gamma: float = 1.0
-    """Focal exponent (the seed gives no value; DANNet's released code runs with 0)."""
+    """Focal exponent (the seed gives no value; DANNet's `StaticLoss` defaults to 1.0 and its train.py keeps
+    that default, so 1.0 is DANNet's code; 0 turns the focal term off)."""
     kernel: int = 3
     """Neighbourhood in which a pseudo-label class counts as correct (3 = the paper's 3x3)."""
     softmax_over: Literal["static", "all"] = "static"
@@ -147,7 +148,11 @@ class CrossAttentionParams:
     """What the source image A and the NightMix image X_A (no day pair) get during training."""
     test_policy: Literal["bypass", "self"] = "bypass"
     """What validation/inference images (no day pair) get; saved in the checkpoint's model config."""
+    qk_channels: Literal["full", "reduced"] = "reduced"
+    """Width of Q and K (Eq. 2): ``full`` = C, as the paper writes W_q and W_k; ``reduced`` = C / ``reduction``
+    (SAGAN/DANet's C/8). Default and measurements: docs/methods.md, "Cross attention"."""
     reduction: int = 8
+    """The divisor of ``qk_channels: reduced``."""
 
 
 @dataclass
@@ -231,7 +236,8 @@ class ULCA(SegmentationModule):
         model_cfg = cfg.model
         options = dict(model_cfg.options)
         if ca.enabled:
-            options["cross_attention"] = {"value": ca.value, "policy": ca.test_policy, "reduction": ca.reduction}
+            options["cross_attention"] = {"value": ca.value, "policy": ca.test_policy, "reduction": ca.reduction,
+                                          "qk_channels": ca.qk_channels}
         model = build_model(dataclasses.replace(model_cfg, options=options))
         if ca.enabled and not hasattr(model, "attention"):
             raise UserError(f"model.name={model_cfg.name}: this model has no cross-attention wrapper; "

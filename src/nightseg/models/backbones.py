@@ -5,6 +5,8 @@
 - `MiTBackbone`: the Mix Transformer encoders MiT-B0..B5 of SegFormer (Xie et al., NeurIPS 2021), from
   segmentation_models_pytorch.
 - `MobileNetV3Backbone`: the dilated MobileNetV3-Large of LR-ASPP (Howard et al., ICCV 2019).
+- `ResNetV1cBackbone`: `ResNetBackbone` with the deep stem (three 3x3 convs) of ResNet-V1c, the encoder of
+  OpenMMLab mmsegmentation's PSPNet / DeepLab v3+ "-D8" models (same key layout as mmseg's backbone).
 
 ImageNet weights are fetched only when asked (`pretrained=True`); `fetch_weights` turns a failed
 download into a `UserError` that says where to put the file by hand.
@@ -12,6 +14,7 @@ download into a `UserError` that says where to put the file by hand.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.error import URLError
@@ -107,15 +110,61 @@ class ResNetBackbone(nn.Module):
         return features
 
 
+class ResNetV1cBackbone(ResNetBackbone):
+    """ResNet-50/101-V1c at output stride 8/16: a deep stem (3x3 convs 3->32->32->64, stride 2 on the first,
+    each with BN + ReLU, then max pooling) instead of the 7x7 conv, else torchvision's bottlenecks (stride on
+    the 3x3 conv, as mmseg's ``style="pytorch"``). The D8 dilation scheme of mmseg (``contract_dilation``:
+    the first block of a dilated stage keeps the previous dilation) is `dilate_resnet`'s. No ImageNet weights
+    are fetched: these encoders come with a converted mmsegmentation checkpoint."""
+
+    def __init__(self, depth: int, output_stride: int = 8) -> None:
+        super().__init__(depth, output_stride=output_stride, stages=4, pretrained=False)
+
+        def conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+        # indices 0/1, 3/4, 6/7 are conv/bn: the same ``stem.N`` keys as mmseg's backbone
+        self.stem = nn.Sequential(*conv_bn_relu(3, 32, 2), *conv_bn_relu(32, 32, 1), *conv_bn_relu(32, 64, 1),
+                                  nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+        for module in self.stem.modules():  # torchvision's ResNet initialisation
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+
+@functools.cache
+def sdpa_attention_class() -> type[nn.Module]:
+    """Return smp's MiT attention with an SDPA forward (built on first use: smp imports slowly)."""
+    from segmentation_models_pytorch.encoders.mix_transformer import Attention
+
+    class SDPAAttention(Attention):
+        """smp's MiT efficient self-attention (keys/values reduced by ``sr_ratio``) computed with
+        ``F.scaled_dot_product_attention``; same parameters, same function."""
+
+        def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+            b, n, c = x.shape
+            heads = self.num_heads
+            q = self.q(x).reshape(b, n, heads, c // heads).transpose(1, 2)
+            if self.sr_ratio > 1:
+                x = self.norm(self.sr(x.transpose(1, 2).reshape(b, c, height, width)).reshape(b, c, -1).transpose(1, 2))
+            k, v = self.kv(x).reshape(b, -1, 2, heads, c // heads).permute(2, 0, 3, 1, 4)
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale)
+            return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, c)))
+
+    return SDPAAttention
+
+
 class MiTBackbone(nn.Module):
     """SegFormer's Mix Transformer encoder MiT-B0..B5 (via segmentation_models_pytorch).
 
     Returns the four stage outputs at strides 4, 8, 16, 32.
     """
 
-    def __init__(self, variant: str, pretrained: bool = False) -> None:
+    def __init__(self, variant: str, pretrained: bool = False, layer_norm_eps: float | None = None,
+                 sdpa: bool = False) -> None:
         super().__init__()
         from segmentation_models_pytorch.encoders import get_encoder
+        from segmentation_models_pytorch.encoders.mix_transformer import Attention
 
         name = f"mit_{variant}"
         if pretrained:
@@ -128,6 +177,18 @@ class MiTBackbone(nn.Module):
             self.encoder = get_encoder(name, in_channels=3, depth=5, weights=None)
         # smp reports [input, dummy(0 channels), s4, s8, s16, s32]; keep the four real stages.
         self.channels = list(self.encoder.out_channels[2:])
+        if layer_norm_eps is not None:
+            # smp follows NVlabs (1e-6 in blocks, 1e-5 in patch embeddings); Hugging Face uses 1e-5 and
+            # mmseg 1e-6 everywhere, so an imported model sets one eps on every LayerNorm to be exact.
+            for module in self.encoder.modules():
+                if isinstance(module, nn.LayerNorm):
+                    module.eps = float(layer_norm_eps)
+        if sdpa:
+            # the same attention through torch's fused kernel: smp materialises the N x N/r^2 score matrix
+            # (131072 x 2048 floats in stage 1 of a 1024x2048 image), SDPA does not; equal up to rounding
+            for module in self.encoder.modules():
+                if isinstance(module, Attention):
+                    module.__class__ = sdpa_attention_class()
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Return the MiT stage outputs [s4, s8, s16, s32] for a normalised image batch."""

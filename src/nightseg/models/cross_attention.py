@@ -1,7 +1,8 @@
 """Cross attention between night and day features (ULCA, Section 3.2, Eq. 2-3).
 
-Q comes from the night features X_n, K from the day features X_d (1x1 convs reducing the channels by 8,
-as in SAGAN/DANet), and V from either the night features (the equation's text) or the day features (the
+Q comes from the night features X_n, K from the day features X_d (1x1 convs; ``qk_channels="full"`` keeps
+C channels, as the paper's Eq. 2 writes them; ``"reduced"`` reduces them to C/8, the SAGAN/DANet
+convention), and V from either the night features (the equation's text) or the day features (the
 paper's remark that E is "a weighted sum of the features ... in the daytime features"):
 
     s_ji = softmax_i(K_i . Q_j)                  (Eq. 2, no 1/sqrt(d) scaling)
@@ -23,6 +24,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 VALUES = ("night", "day")
+QK_CHANNELS = ("full", "reduced")
+"""Width of Q and K: ``full`` = C (the paper: W_q, W_k map C to C), ``reduced`` = C / `reduction` (SAGAN)."""
 # Attention map elements per chunk where no memory-efficient kernel exists (2**25 floats = 128 MiB).
 CHUNK_ELEMENTS = 2**25
 POLICIES = ("bypass", "self", "reference")
@@ -54,13 +57,16 @@ class CrossAttention(nn.Module):
         value: str = "night",
         policy: str = "bypass",
         chunk_size: int | None = None,  # query positions per chunk; None: automatic
+        qk_channels: str = "reduced",
     ) -> None:
         super().__init__()
         if value not in VALUES:
             raise ValueError(f"value must be one of {VALUES}, got {value!r}")
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-        inner = max(channels // reduction, 1)
+        if qk_channels not in QK_CHANNELS:
+            raise ValueError(f"qk_channels must be one of {QK_CHANNELS}, got {qk_channels!r}")
+        inner = channels if qk_channels == "full" else max(channels // reduction, 1)
         self.query = nn.Conv2d(channels, inner, 1)
         self.key = nn.Conv2d(channels, inner, 1)
         self.value = nn.Conv2d(channels, channels, 1)
@@ -126,15 +132,17 @@ class CrossAttentionSegmenter(nn.Module):
     """
 
     def __init__(
-        self, segmenter: nn.Module, value: str = "night", policy: str = "bypass", reduction: int = 8
+        self, segmenter: nn.Module, value: str = "night", policy: str = "bypass", reduction: int = 8,
+        qk_channels: str = "reduced",
     ) -> None:
         super().__init__()
         self.segmenter = segmenter
-        self.attention = CrossAttention(segmenter.feature_channels, reduction, value, policy)
+        # checkpoints written before qk_channels existed have no such key: they were "reduced" (C/8)
+        self.attention = CrossAttention(segmenter.feature_channels, reduction, value, policy, qk_channels=qk_channels)
         self.feature_channels = segmenter.feature_channels
         self.config = {
             **segmenter.config,
-            "cross_attention": {"value": value, "policy": policy, "reduction": reduction},
+            "cross_attention": {"value": value, "policy": policy, "reduction": reduction, "qk_channels": qk_channels},
         }
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -36,6 +36,7 @@ form: ``model.name: nightseg.models.egnet:egnet_tiny`` (or ``egnet_r101``) with 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,9 @@ from nightseg.models.backbones import ResNetBackbone
 from nightseg.models.heads import PyramidPoolingHead
 from nightseg.models.segmenters import IMAGENET_MEAN, IMAGENET_STD
 
+TEST_RESIZE = ("stretch", "keep_aspect")
+"""How ``test_size`` is applied: resize to exactly [H, W] (the paper's 900x900 as printed), or scale the
+frame isotropically to the same pixel count (docs/methods.md, "EGNet", train/test geometry)."""
 VARIANTS = ("egnet", "no_egl", "no_es", "concat", "sum", "extra_input", "exposure_attention")
 HEADS = ("psp", "conv")
 WITH_EXPOSURE_STREAM = ("egnet", "no_egl", "concat", "sum")
@@ -128,8 +132,8 @@ class EGNet(nn.Module):
 
     def __init__(self, num_classes: int = 19, depth: int = 101, stages: int = 4, pretrained: bool = False,
                  variant: str = "egnet", head: str = "conv", w1: float = 1.0, w2: float = 0.3,
-                 test_size: list[int] | tuple[int, int] | None = None, name: str = "nightseg.models.egnet:EGNet"
-                 ) -> None:
+                 test_size: list[int] | tuple[int, int] | None = None, name: str = "nightseg.models.egnet:EGNet",
+                 test_resize: str = "stretch") -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
@@ -139,6 +143,8 @@ class EGNet(nn.Module):
             raise ValueError(f"EGNet needs at least 2 ResNet stages (1 shared + streamed ones), got {stages}")
         if test_size is not None and (len(test_size) != 2 or min(test_size) < 8):
             raise ValueError(f"test_size must be [H, W] of at least 8 pixels, got {test_size}")
+        if test_resize not in TEST_RESIZE:
+            raise ValueError(f"test_resize must be one of {', '.join(TEST_RESIZE)}, got {test_resize!r}")
         self.variant = variant
         self.backbone = ResNetBackbone(depth, output_stride=8, stages=stages, pretrained=pretrained)
         channels = self.backbone.channels
@@ -159,8 +165,10 @@ class EGNet(nn.Module):
                      else ConvHead(channels[-1], num_classes))
         self.feature_channels: int = channels[-1]
         self.test_size = tuple(int(s) for s in test_size) if test_size is not None else None
+        self.test_resize = test_resize
         self.config = {"name": name, "num_classes": int(num_classes), "variant": variant, "head": head,
-                       "w1": float(w1), "w2": float(w2), "test_size": list(self.test_size) if self.test_size else None}
+                       "w1": float(w1), "w2": float(w2), "test_size": list(self.test_size) if self.test_size else None,
+                       "test_resize": test_resize}
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -205,23 +213,41 @@ class EGNet(nn.Module):
         features, m_e = self._streams(x, with_exposure_head=True)
         return self.decode(features, x.shape[-2:]), m_e
 
+    def network_size(self, size: tuple[int, int] | torch.Size) -> tuple[int, int]:
+        """Return the [H, W] the network sees for a frame of `size` at test time: the frame's own size
+        (no ``test_size``), ``test_size`` itself (``stretch``), or the frame scaled by one factor to
+        ``test_size``'s pixel count (``keep_aspect``: 1024x512 -> 1273x636 for 900x900)."""
+        h, w = int(size[0]), int(size[1])
+        if self.test_size is None:
+            return h, w
+        if self.test_resize == "stretch":
+            return self.test_size
+        scale = math.sqrt(self.test_size[0] * self.test_size[1] / (h * w))
+        return max(8, round(h * scale)), max(8, round(w * scale))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return logits at x's size (RGB in [0, 1]); with ``test_size`` the input is resized to it first
-        and the logits back (the paper tests at 900x900 and scales predictions to the frame size)."""
+        """Return logits at x's size (RGB in [0, 1]); with ``test_size`` the input is resized first
+        (`network_size`) and the logits back (the paper tests at 900x900 and scales predictions to the
+        frame size)."""
         size = x.shape[-2:]
-        if self.test_size is not None and tuple(size) != self.test_size:
-            x = F.interpolate(x, size=self.test_size, mode="bilinear", align_corners=False)
+        target = self.network_size(size)
+        if tuple(size) != tuple(target):
+            x = F.interpolate(x, size=target, mode="bilinear", align_corners=False)
         return self.decode(self.encode(x), size)
 
 
 def egnet_r101(num_classes: int = 19, pretrained: bool = False, variant: str = "egnet", head: str = "conv",
-               w1: float = 1.0, w2: float = 0.3, test_size: list[int] | None = None) -> EGNet:
+               w1: float = 1.0, w2: float = 0.3, test_size: list[int] | None = None,
+               test_resize: str = "stretch") -> EGNet:
     """Return the paper's EGNet: dilated ResNet-101, stage 1 shared, stages 2-4 in both streams, 3 EGLs."""
-    return EGNet(num_classes, 101, 4, pretrained, variant, head, w1, w2, test_size, "nightseg.models.egnet:egnet_r101")
+    return EGNet(num_classes, 101, 4, pretrained, variant, head, w1, w2, test_size, "nightseg.models.egnet:egnet_r101",
+                 test_resize)
 
 
 def egnet_tiny(num_classes: int = 19, pretrained: bool = False, variant: str = "egnet", head: str = "psp",
-               w1: float = 1.0, w2: float = 0.3, test_size: list[int] | None = None) -> EGNet:
+               w1: float = 1.0, w2: float = 0.3, test_size: list[int] | None = None,
+               test_resize: str = "stretch") -> EGNet:
     """Return the CPU EGNet on `pspnet_tiny`'s encoder: ResNet-18 stage 1 shared, stages 2-3 in both
     streams, 2 EGLs, PSPNet's pyramid pooling head (so ``variant="no_es"`` is exactly `pspnet_tiny`)."""
-    return EGNet(num_classes, 18, 3, pretrained, variant, head, w1, w2, test_size, "nightseg.models.egnet:egnet_tiny")
+    return EGNet(num_classes, 18, 3, pretrained, variant, head, w1, w2, test_size, "nightseg.models.egnet:egnet_tiny",
+                 test_resize)

@@ -4,6 +4,8 @@ Names are those of `nightseg.models.build_segmenter` (``pspnet_r101``, ``deeplab
 ``package.module:factory`` reference (EGNet: ``nightseg.models.egnet:egnet_r101``; NightLab:
 ``nightseg.models.nightlab:build_nightlab``); every built network carries ``config``, the keyword
 arguments that rebuild it, which is what checkpoints store as their ``model`` metadata.
+`read_checkpoint` (from `nightseg.models.pretrained`) reads any model reference: a NightSeg checkpoint, a
+published checkpoint file or folder, or ``hf:ORG/NAME[@REV]``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from nightseg.core.errors import UserError
 from nightseg.core.factory import import_factory
+from nightseg.models.pretrained import read_checkpoint  # also lets load_segmenter_weights read references
 from nightseg.models.segmenters import build_segmenter
 
 
@@ -48,3 +51,6 @@ def model_from_config(config: dict[str, Any], source: str | Path) -> nn.Module:
     if not hasattr(model, "config"):
         model.config = dict(config)
     return model
+
+
+__all__ = ["build_model", "model_from_config", "read_checkpoint"]

@@ -10,6 +10,7 @@ official checkpoint (``e_conv1`` .. ``e_conv7``), so ``Epoch99.pth`` loads as is
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +96,19 @@ class DCENet(nn.Module):
 
 def _load_pth(path: Path) -> dict[str, torch.Tensor]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the one-line error below says enough
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors have no common base class
-        raise UserError(f"{path}: cannot read as a PyTorch state dict ({type(exc).__name__}: {exc})") from exc
+        # one line, and never PyTorch's advice to retry with weights_only=False (that would run the file's code)
+        text = str(exc)
+        reason = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else text
+        reason = next((line.strip() for line in reason.splitlines() if line.strip()), type(exc).__name__)
+        if "weights_only" in reason:
+            reason = "it holds objects other than tensors"
+        raise UserError(f"{path}: not a plain PyTorch state dict of tensors ({type(exc).__name__}: {reason[:160]}); "
+                        "NightSeg never unpickles other objects: give the official Zero-DCE Epoch99.pth or a "
+                        ".safetensors file from `nightseg relight train`") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

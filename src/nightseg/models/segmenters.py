@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,14 +22,22 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from nightseg.core.errors import UserError
-from nightseg.models.backbones import MiTBackbone, MobileNetV3Backbone, ResNetBackbone, dilate_resnet
+from nightseg.models.backbones import (
+    MiTBackbone,
+    MobileNetV3Backbone,
+    ResNetBackbone,
+    ResNetV1cBackbone,
+    dilate_resnet,
+)
 from nightseg.models.cross_attention import CrossAttentionSegmenter
 from nightseg.models.heads import (
     ASPPv2Head,
+    DAFormerHead,
     DeepLabV3PlusHead,
     LRASPPHead,
     PyramidPoolingHead,
     SegFormerHead,
+    SeparableASPPHead,
 )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -36,7 +45,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Segmenter(nn.Module):
-    """An encoder (`backbone`) and a decoder (`head`) with ImageNet normalisation in front."""
+    """An encoder (`backbone`) and a decoder (`head`) with ImageNet normalisation in front.
+
+    ``config["input_norm"]`` (present only for imported models trained otherwise, e.g. DANNet's BGR Caffe
+    mean) replaces it: ``{"mean": [3], "std": [3]}`` on the [0, 1] scale and ``"channels": "bgr"`` to feed
+    the network BGR; the input stays RGB in [0, 1] either way. ``config["align_corners"]`` (smp models, whose
+    segmentation head upsamples with ``UpsamplingBilinear2d``) sets how the logits are upsampled.
+    """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, config: dict) -> None:
         super().__init__()
@@ -44,19 +59,24 @@ class Segmenter(nn.Module):
         self.head = head
         self.config = dict(config)
         self.feature_channels: int = backbone.channels[-1]
-        # Not persistent: constants stay out of checkpoints.
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        norm = config.get("input_norm") or {}
+        self.bgr = norm.get("channels", "rgb") == "bgr"
+        self.align_corners = bool(config.get("align_corners", False))
+        # Not persistent: constants stay out of checkpoints (the config rebuilds them).
+        self.register_buffer("mean", torch.tensor(norm.get("mean", IMAGENET_MEAN)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(norm.get("std", IMAGENET_STD)).view(1, 3, 1, 1), persistent=False)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Return the encoder features (deepest last) of RGB images `x` in [0, 1], shape [B,3,H,W]."""
+        if self.bgr:
+            x = x.flip(1)
         return self.backbone((x - self.mean) / self.std)
 
     def decode(self, features: list[torch.Tensor], out_size: tuple[int, int] | torch.Size) -> torch.Tensor:
         """Return logits [B, num_classes, *out_size] (bilinear upsampling of the head's output)."""
         logits = self.head(features)
         if tuple(logits.shape[-2:]) != tuple(out_size):
-            logits = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=False)
+            logits = F.interpolate(logits, size=tuple(out_size), mode="bilinear", align_corners=self.align_corners)
         return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,11 +135,38 @@ def _deeplabv3plus(num_classes: int, pretrained: bool) -> tuple[nn.Module, nn.Mo
     return backbone, DeepLabV3PlusHead(backbone.channels[-1], backbone.channels[0], num_classes)
 
 
-def _segformer(variant: str) -> Callable[[int, bool], tuple[nn.Module, nn.Module]]:
+def _segformer(variant: str) -> Callable[..., tuple[nn.Module, nn.Module]]:
+    def build(num_classes: int, pretrained: bool, layer_norm_eps: float | None = None, head: str = "mlp",
+              embed_dim: int | None = None, sdpa: bool = False) -> tuple[nn.Module, nn.Module]:
+        # layer_norm_eps / head="mmseg" / embed_dim / sdpa (fused attention kernel): options of imported
+        # models (nightseg.models.pretrained); the defaults keep segformer_bN as it was
+        if head not in ("mlp", "mmseg"):
+            raise UserError(f"segformer head {head!r}: expected 'mlp' (NVlabs, Hugging Face) or 'mmseg'")
+        backbone = MiTBackbone(variant, pretrained=pretrained, layer_norm_eps=layer_norm_eps, sdpa=sdpa)
+        if embed_dim is None:
+            embed_dim = 256 if variant in ("b0", "b1") else 768  # as SegFormer (NVlabs configs): 256 for B0-B1
+        return backbone, SegFormerHead(backbone.channels, num_classes, embed_dim, stage_norm=head == "mmseg")
+
+    return build
+
+
+def _mmseg_resnet(depth: int, head: str) -> Callable[[int, bool], tuple[nn.Module, nn.Module]]:
+    def build(num_classes: int, pretrained: bool) -> tuple[nn.Module, nn.Module]:
+        if pretrained:
+            raise UserError(f"{head}_r{depth}_v1c: its weights come from an imported mmsegmentation checkpoint "
+                            "(`nightseg import FILE.pth`); set model.pretrained: false")
+        backbone = ResNetV1cBackbone(depth, output_stride=8)
+        if head == "pspnet":
+            return backbone, PyramidPoolingHead(backbone.channels[-1], num_classes)
+        return backbone, SeparableASPPHead(backbone.channels[-1], backbone.channels[0], num_classes)
+
+    return build
+
+
+def _daformer(variant: str) -> Callable[[int, bool], tuple[nn.Module, nn.Module]]:
     def build(num_classes: int, pretrained: bool) -> tuple[nn.Module, nn.Module]:
         backbone = MiTBackbone(variant, pretrained=pretrained)
-        embed_dim = 256 if variant in ("b0", "b1") else 768  # as SegFormer (NVlabs configs): 256 for B0-B1
-        return backbone, SegFormerHead(backbone.channels, num_classes, embed_dim)
+        return backbone, DAFormerHead(backbone.channels, num_classes)
 
     return build
 
@@ -156,6 +203,13 @@ SEGMENTERS: dict[str, tuple[Callable[[int, bool], tuple[nn.Module, nn.Module]], 
         for i in range(6)
     },
     "lraspp_mobilenetv3": (_lraspp, "LR-ASPP, dilated MobileNetV3-Large; real-time CPU model"),
+    "daformer_mitb5": (_daformer("b5"), "DAFormer, MiT-B5 + context-aware fusion decoder (Hoyer et al., CVPR 2022)"),
+    "daformer_mitb0": (_daformer("b0"), "DAFormer's decoder on MiT-B0; small variant for tests and CPUs"),
+    **{
+        f"{head}_r{depth}_v1c": (_mmseg_resnet(depth, head), f"{label}, ResNet-{depth}-V1c deep stem (OS 8): mmsegmentation's -D8 model")
+        for depth in (50, 101)
+        for head, label in (("pspnet", "PSPNet"), ("deeplabv3plus", "DeepLab v3+ (separable ASPP)"))
+    },
 }
 
 
@@ -165,9 +219,14 @@ def list_segmenters() -> list[str]:
 
 
 def build_segmenter(
-    name: str, num_classes: int = 19, pretrained: bool = False, cross_attention: dict | None = None
+    name: str, num_classes: int = 19, pretrained: bool = False, cross_attention: dict | None = None,
+    input_norm: dict | None = None, align_corners: bool | None = None, **options: Any,
 ) -> Segmenter | CrossAttentionSegmenter:
     """Return the segmenter `name` with `num_classes` outputs; ImageNet encoder weights if `pretrained`.
+
+    `input_norm`, `align_corners` (see `Segmenter`) and `options` (builder keywords, e.g. SegFormer's ``layer_norm_eps``)
+    are what imported models need to compute exactly what their source library computes; both are kept in
+    ``config`` only when given, so other models' metadata is unchanged.
 
     With `cross_attention` (kwargs of `CrossAttentionSegmenter`: value, policy, reduction) the model
     gets ULCA's cross attention (Eq. 2-3) between encoder and decoder. Raises a UserError for an
@@ -178,8 +237,16 @@ def build_segmenter(
     if int(num_classes) < 1:
         raise UserError(f"num_classes={num_classes}: must be at least 1")
     builder, _ = SEGMENTERS[name]
-    backbone, head = builder(int(num_classes), bool(pretrained))
-    model = Segmenter(backbone, head, {"name": name, "num_classes": int(num_classes)})
+    try:
+        backbone, head = builder(int(num_classes), bool(pretrained), **options)
+    except TypeError as exc:
+        raise UserError(f"{name}: unknown model options {sorted(options)} ({exc})") from exc
+    config: dict[str, Any] = {"name": name, "num_classes": int(num_classes), **options}
+    if input_norm is not None:
+        config["input_norm"] = dict(input_norm)
+    if align_corners is not None:
+        config["align_corners"] = bool(align_corners)
+    model = Segmenter(backbone, head, config)
     if cross_attention is not None:
         try:
             return CrossAttentionSegmenter(model, **cross_attention)

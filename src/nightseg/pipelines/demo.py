@@ -7,7 +7,8 @@
    ULCA (every component on) and a night-supervised oracle (synthetic night, NightCity layout);
    the oracle trains in a second process next to the other two (log: ``runs/oracle.log``);
 4. score each on synthetic night val (Dark Zurich layout) and day val (Cityscapes layout);
-5. write ``report.md``, ``results.json`` and picture grids, and print the table.
+5. write ``report.md``, ``results.json`` and the pictures (`nightseg.pipelines.demo_report`), print the table,
+   the checkpoint paths and the next commands to try with them.
 
 Every stage is resumable: rerunning the same command skips finished stages and continues an
 interrupted training run from its saved state.
@@ -21,15 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from nightseg.core.classes import CLASS_NAMES, colorize
+from nightseg.core.classes import CLASS_NAMES
 from nightseg.core.errors import UserError
-from nightseg.core.io import list_images, read_image, read_label, write_json, write_png
+from nightseg.core.io import atomic_path, list_images, write_json
 from nightseg.engine import RunDir
-from nightseg.inference import Predictor
-from nightseg.models.relight import load_dce_weights, relight
+from nightseg.pipelines.demo_report import write_pictures
 from nightseg.pipelines.recipes import score_checkpoint, start_background_training, train_recipe
 from nightseg.pipelines.relight import train_relight
 from nightseg.synthetic import generator as synthetic
@@ -82,23 +81,6 @@ def train_relight_on_night(data: Path, out: Path, epochs: int, seed: int) -> Pat
     images = list_images(data / "dark_zurich" / "rgb_anon" / "train" / "night")
     train_relight(images, weights, epochs=epochs, size=128, batch_size=8, seed=seed, resume=True)  # no-op when done
     return weights
-
-
-def _grid(data: Path, checkpoints: dict[str, Path], relight_weights: Path, out: Path, rows: int = 4) -> Path:
-    """Write a PNG grid: night image | relit | source-only | ULCA | oracle | ground truth."""
-    images = sorted((data / "dark_zurich" / "rgb_anon" / "val" / "night").rglob("*_rgb_anon.png"))[:rows]
-    dce = load_dce_weights(relight_weights)
-    segmenters = {k: Predictor.from_checkpoint(p) for k, p in checkpoints.items()}
-    lines = []
-    for path in images:
-        image = read_image(path)
-        stem = path.name.replace("_rgb_anon.png", "")
-        gt_path = next((data / "dark_zurich" / "gt" / "val" / "night").rglob(f"{stem}_gt_labelTrainIds.png"))
-        cells = [image, relight(dce, image)]
-        cells += [colorize(segmenters[m.key].predict(image).labels) for m in MODELS if m.key in segmenters]
-        cells.append(colorize(read_label(gt_path)))
-        lines.append(np.concatenate([np.pad(c, ((2, 2), (2, 2), (0, 0)), constant_values=255) for c in cells], axis=1))
-    return write_png(out, np.concatenate(lines, axis=0))
 
 
 def _pct(x: float | None) -> str:
@@ -165,7 +147,8 @@ def run_demo(out: str | Path = "nightseg-demo", quick: bool = False, seed: int =
         for key, ckpt in checkpoints.items()
     }
     log.info("[5/5] report -> %s", out / "report.md")
-    grid = _grid(data, checkpoints, relight_weights, out / "predictions.png")
+    titles = {m.key: m.title for m in MODELS}
+    pictures = write_pictures(data, checkpoints, titles, relight_weights, results, out)
     table = format_table(results)
     elapsed = time.perf_counter() - started
     write_json(out / "results.json", {"plan": "quick" if quick else "full", "seed": seed,
@@ -173,10 +156,23 @@ def run_demo(out: str | Path = "nightseg-demo", quick: bool = False, seed: int =
     report = (f"# NightSeg demo ({'quick' if quick else 'full'}, seed {seed})\n\n"
               "Synthetic benchmark: trained on labelled synthetic day scenes (source) and unlabelled day/night "
               "pairs (target), scored on labelled synthetic night val. Numbers are IoU/EF1 in %.\n\n"
-              f"{table}\n\n"
-              "Rows of the picture: night input | Zero-DCE relit | source-only | ULCA | oracle | ground truth.\n\n"
-              f"![predictions]({grid.name})\n")
-    (out / "report.md").write_text(report)
+              f"{table}\n\n{pictures}")
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(report)
     print(table)
     print(f"\nreport: {out / 'report.md'}  ({elapsed / 60:.1f} min)")
+    print(next_steps(checkpoints, data))
     return results
+
+
+def next_steps(checkpoints: dict[str, Path], data: Path) -> str:
+    """Return the closing text of the demo: where each checkpoint is and the next commands to try with them."""
+    ulca = checkpoints["ulca"]
+    lines = ["", "checkpoints:"]
+    lines += [f"  {m.title}: {checkpoints[m.key]}" for m in MODELS if m.key in checkpoints]
+    night_val = data / "dark_zurich" / "rgb_anon" / "val" / "night"
+    lines += ["", "next, with the ULCA model:",
+              f"  nightseg predict {ulca} YOUR_IMAGES --out predictions     (images, folders or videos; e.g. {night_val})",
+              f"  nightseg evaluate {ulca} --dataset dark_zurich --root {data / 'dark_zurich'}",
+              f"  nightseg serve {ulca} --images {night_val}     (a web page on http://127.0.0.1:7860)"]
+    return "\n".join(lines)

@@ -12,8 +12,8 @@ from nightseg.core.classes import NUM_CLASSES
 from nightseg.core.errors import UserError
 from nightseg.core.io import json_safe, prefetch
 from nightseg.data.common import to_contract
-from nightseg.evaluation.exposure import DEFAULT_AVERAGE, ExposureConfusion, exposure_scores
-from nightseg.evaluation.metrics import segmentation_scores
+from nightseg.evaluation.exposure import DEFAULT_AVERAGE, ExposureConfusion, exposure_scores, masked_label
+from nightseg.evaluation.metrics import ConfusionMatrix, segmentation_scores
 from nightseg.evaluation.uncertainty import UncertaintyConfusion
 from nightseg.inference import Predictor
 
@@ -30,7 +30,10 @@ def evaluate_dataset(
 ) -> dict[str, Any]:
     """Return the JSON-safe scores of `segmenter` on a `nightseg.data` dataset (see the module docstring).
 
-    Keys: the `segmentation_scores` keys over all labelled pixels, ``exposure`` (`exposure_scores`),
+    Keys: the `segmentation_scores` keys over all labelled pixels (the benchmark's IoU: Dark Zurich / ACDC
+    score invalid regions with their daytime-derived labels), ``exposure`` (`exposure_scores` over the valid
+    labelled pixels only: invalid-mask pixels are in no exposure bin, `masked_label`, exactly as training
+    validation and ``nightseg eval --invalid`` count them),
     ``confusion_matrix``, ``num_images``, ``skipped`` and, with invalid masks, ``uncertainty``:
     ``{"threshold", "mUIoU", "average_mUIoU", "mIoU_valid", "invalid_share", "per_class", "curve"}``.
     """
@@ -41,6 +44,7 @@ def evaluate_dataset(
         raise UserError(f"{getattr(dataset, 'root', dataset)}: this split has no labels to score against")
     count = len(dataset) if limit is None else min(limit, len(dataset))
     exposure = ExposureConfusion(NUM_CLASSES)
+    annotated = ConfusionMatrix(NUM_CLASSES)  # every labelled pixel, invalid regions included: the benchmark's IoU
     uncertainty = UncertaintyConfusion(NUM_CLASSES)
     has_invalid = False
     skipped: list[str] = []
@@ -62,18 +66,18 @@ def evaluate_dataset(
         pred = segmenter.predict_batch([sample["image"]], return_confidence=True)[0]
         labels = torch.from_numpy(pred.labels)
         target = sample["label"]
-        exposure.update(labels, target, sample["image"])
+        annotated.update(labels, target)
+        exposure.update(labels, masked_label(sample), sample["image"])
         if "invalid" in sample:
             has_invalid = True
             uncertainty.update(labels, target, sample["invalid"], torch.from_numpy(pred.confidence))
     processed = count - len(skipped)
     if processed == 0:
         raise UserError(f"{getattr(dataset, 'root', '')}: no sample could be scored")
-    total = exposure.total()
     results: dict[str, Any] = {"num_images": processed, "skipped": len(skipped)}
-    results.update(segmentation_scores(total))
+    results.update(segmentation_scores(annotated))
     results["exposure"] = exposure_scores(exposure, average)  # type: ignore[arg-type]
-    results["confusion_matrix"] = total.counts.tolist()
+    results["confusion_matrix"] = annotated.counts.tolist()
     if has_invalid:
         at = uncertainty.scores(invalid_threshold)
         valid_only = segmentation_scores(uncertainty.counts_at(0.0)[0])

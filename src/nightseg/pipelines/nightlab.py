@@ -17,10 +17,12 @@ and HDM keep theirs in ``rdn.state/`` / ``hdm.state/`` until their output is wri
    weights (``method.init_checkpoint``, filled in by the pipeline);
 4. ``rdn.safetensors``: the RDN (`nightseg.models.nightlab.RDN`) trained on the boxes of hard-class
    objects derived from the training label maps;
-5. ``hdm_labels.safetensors``: the HDM anchor labels (seed Eq. 1) on ``method.hdm.split`` of
-   ``method.hdm.dataset`` (null: the hard-class split, NightCity val; a warning says when it is a ``val``
-   split, which a paper may also score on): every anchor the RPN matching makes positive is cropped,
-   segmented by Phi_I and Phi_R, and stays positive only where Phi_R's IoU is higher;
+5. ``hdm_labels.safetensors``: the HDM anchor labels (seed Eq. 1) on the HDM split: by default
+   (``method.hdm.split: train_holdout``) a seeded ``method.hdm.holdout`` share of the training images of
+   ``data.source``, which stages 1, 3 and 4 then leave out of Phi_I's, Phi_R's and the RDN's training data;
+   or a split of ``method.hdm.dataset`` (null: the hard-class split, NightCity val; a warning says when it
+   is a ``val`` split, which a paper may also score on): every anchor the RPN matching makes positive is
+   cropped, segmented by Phi_I and Phi_R, and stays positive only where Phi_R's IoU is higher;
 6. ``hdm.safetensors``: the RDN fine-tuned on the same split with those labels as classification targets
    (seed Eq. 2). Stages 5-6 refuse outputs made on another split (delete them or use a new ``out``);
 7. ``nightlab.safetensors`` (Phi_I + Phi_R + HDM-trained RDN + merge) and ``nightlab_rdn.safetensors``
@@ -47,12 +49,15 @@ from nightseg.core.io import write_json
 from nightseg.data import build_dataset
 from nightseg.engine import RunDir, train
 from nightseg.methods.nightlab import (
+    TRAIN_HOLDOUT,
     Params,
     build_rdn,
     hdm_anchor_labels,
+    holdout_indices,
     init_rdn_from,
     select_hard_classes,
     train_rdn,
+    training_indices,
 )
 from nightseg.models.nightlab import RDN, NightLab, boxes_from_label
 from nightseg.models.registry import model_from_config
@@ -61,12 +66,18 @@ from nightseg.pipelines.recipes import CONFIG_DIR, score_checkpoint, train_recip
 log = logging.getLogger("nightseg.nightlab")
 
 
-def _load_samples(dataset_name: str, root: Path, split: str, hard: list[int], min_area: int
-                  ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Return ``[(image [3,H,W] in [0,1], label [H,W], boxes [N,4])]`` of a labelled split."""
+def _load_samples(dataset_name: str, root: Path, split: str, hard: list[int], min_area: int,
+                  holdout: tuple[float, int, bool] | None = None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Return ``[(image [3,H,W] in [0,1], label [H,W], boxes [N,4])]`` of a labelled split; with `holdout`
+    ``(fraction, seed, held)`` only its held-out images (``held``) or only the others."""
     dataset = build_dataset(dataset_name, root, split)
+    indices: list[int] = list(range(len(dataset)))
+    if holdout is not None:
+        fraction, holdout_seed, held = holdout
+        pick = holdout_indices if held else training_indices
+        indices = pick(len(dataset), fraction, holdout_seed)
     out = []
-    for i in tqdm(range(len(dataset)), desc=f"load {split}", unit="img", disable=None, leave=False):
+    for i in tqdm(indices, desc=f"load {split}", unit="img", disable=None, leave=False):
         sample = dataset[i]
         out.append((sample["image"], sample["label"], boxes_from_label(sample["label"], hard, min_area)[0]))
     return out
@@ -89,6 +100,19 @@ def _load_rdn(path: Path) -> RDN:
     rdn = RDN(**config)
     load_state_into(rdn, tensors, path)
     return rdn.eval()
+
+
+def _image_holdout_overrides(image_config: Path, overrides: list[str], base: str, root: str | None, split: str,
+                             holdout: tuple[float, int]) -> list[str]:
+    """Return the overrides that take the HDM's held-out images out of Phi_I's training stream (its dataset
+    wrapped in `without_holdout`); UserError when Phi_I's recipe trains on another dataset, root or split."""
+    stream = load_config(image_config, overrides).data.source
+    if (stream.dataset, stream.root, stream.split) != (base, root, split):
+        raise UserError(f"{image_config}: Phi_I trains on {stream.dataset} {stream.root} {stream.split}, not on "
+                        f"{base} {root} {split} whose images method.hdm.split=train_holdout holds out; give "
+                        "method.image_checkpoint or set method.hdm.split to a split of method.hdm.dataset")
+    return ["data.source.dataset=nightseg.methods.nightlab:without_holdout", f"data.source.options.base={base}",
+            f"data.source.options.holdout={holdout[0]}", f"data.source.options.holdout_seed={holdout[1]}"]
 
 
 def _check_hdm_split(path: Path, split: str) -> None:
@@ -122,14 +146,27 @@ def run_nightlab(config: str | Path, overrides: list[str] | tuple[str, ...] = ()
     common = [f"data.workers={cfg.data.workers}", f"train.progress={str(cfg.train.progress).lower()}"]
     if threads:
         common.append(f"train.cpu_threads={threads}")
+    source, options = cfg.data.source, cfg.data.source.options
+    base = str(options.get("base", "nightcity"))
+    # the HDM's held-out training images (default): Phi_I, Phi_R and the RDN train without them
+    held_out = p.hdm.enabled and p.hdm.split == TRAIN_HOLDOUT
+    holdout = (float(p.hdm.holdout), int(p.hdm.holdout_seed)) if held_out else None
     try:
         # 1. Phi_I
         if p.image_checkpoint:
             image_ckpt = Path(p.image_checkpoint).expanduser()
+            if holdout:
+                log.warning("method.image_checkpoint: make sure this Phi_I did not train on the HDM's held-out "
+                            "images (method.hdm.holdout=%s, holdout_seed=%d of %s %s)", holdout[0], holdout[1],
+                            base, source.split)
         else:
             log.info("[1/7] Phi_I: %s, %d steps", p.image_config, p.image_steps)
+            image_extra = [*common, *p.image_overrides]
+            if holdout:
+                image_extra += _image_holdout_overrides(CONFIG_DIR / p.image_config, image_extra, base, source.root,
+                                                        source.split, holdout)
             image_ckpt = train_recipe(CONFIG_DIR / p.image_config, data_root, out / "image", p.image_steps, seed,
-                                      [*common, *p.image_overrides])
+                                      image_extra)
         # 2. hard classes
         hard_file = out / "hard.json"
         if not hard_file.is_file():
@@ -144,7 +181,6 @@ def run_nightlab(config: str | Path, overrides: list[str] | tuple[str, ...] = ()
         log.info("hard classes: %s", ", ".join(CLASS_NAMES[c] for c in hard) or "none")
         image_tensors, _ = load_checkpoint(image_ckpt)
         image_model = _load_model(image_ckpt)
-        options = cfg.data.source.options
         region_size = [int(s) for s in options.get("size", (64, 64))]
         context, min_side = float(options.get("context", 2.0)), int(options.get("min_side", 16))
         merge_kw = {"region_size": region_size, "context": context, "min_side": min_side,
@@ -165,6 +201,8 @@ def run_nightlab(config: str | Path, overrides: list[str] | tuple[str, ...] = ()
         if not RunDir(region_dir).finished():
             log.info("[3/7] Phi_R on hard-region crops %s", region_size)
             extra = [f"data.source.options.hard_classes={hard}"]
+            if holdout:
+                extra += [f"data.source.options.holdout={holdout[0]}", f"data.source.options.holdout_seed={holdout[1]}"]
             if p.init_checkpoint is None:
                 extra.append(f"method.init_checkpoint={image_ckpt}")
             region_cfg = load_config(config, [*overrides, *extra])
@@ -173,13 +211,12 @@ def run_nightlab(config: str | Path, overrides: list[str] | tuple[str, ...] = ()
                 raise TrainingInterrupted(f"{region_dir}: Phi_R training stopped at step {metrics.get('step')}; "
                                           "rerun the same command to continue")
         region_model = _load_model(RunDir(region_dir).last)
-        source = cfg.data.source
-        base = str(options.get("base", "nightcity"))
         # 4. RDN
         rdn_path = out / "rdn.safetensors"
         if not rdn_path.is_file():
             log.info("[4/7] RDN on hard-object boxes of %s %s", base, source.split)
-            samples = _load_samples(base, data_root / (source.root or ""), source.split, hard, p.rdn.min_area)
+            samples = _load_samples(base, data_root / (source.root or ""), source.split, hard, p.rdn.min_area,
+                                    (*holdout, False) if holdout else None)
             rdn = build_rdn(p.rdn)
             if p.rdn.init_from_image:
                 log.info("RDN backbone: %d tensors from Phi_I", init_rdn_from(rdn, image_tensors))
@@ -192,21 +229,26 @@ def run_nightlab(config: str | Path, overrides: list[str] | tuple[str, ...] = ()
         # 5. HDM labels, 6. HDM
         hdm_path = out / "hdm.safetensors"
         labels_path = out / "hdm_labels.safetensors"
-        hdm_dataset = p.hdm.dataset or p.hard_dataset
-        hdm_root = p.hdm.root or p.hard_root
-        hdm_split = p.hdm.split or p.hard_split
-        hdm_where = f"{hdm_dataset} {hdm_root} {hdm_split}"
+        if holdout:
+            hdm_dataset, hdm_root, hdm_split = base, source.root or "", source.split
+            hdm_where = f"{hdm_dataset} {hdm_root} {hdm_split} holdout {holdout[0]} seed {holdout[1]}"
+        else:
+            hdm_dataset = p.hdm.dataset or p.hard_dataset
+            hdm_root = p.hdm.root or p.hard_root
+            hdm_split = p.hdm.split or p.hard_split
+            hdm_where = f"{hdm_dataset} {hdm_root} {hdm_split}"
         if p.hdm.enabled:
             for path in (labels_path, hdm_path):
                 _check_hdm_split(path, hdm_where)
-            if hdm_split == "val":
+            if hdm_split == "val" and not holdout:
                 log.warning("HDM labels and fine-tuning on %s %s: do not report NightLab scores on this split "
                             "(the HDM has seen its labels); set method.hdm.split to a held-out split",
                             hdm_dataset, hdm_split)
         if p.hdm.enabled and not hdm_path.is_file():
-            samples = _load_samples(hdm_dataset, data_root / hdm_root, hdm_split, hard, p.rdn.min_area)
+            samples = _load_samples(hdm_dataset, data_root / hdm_root, hdm_split, hard, p.rdn.min_area,
+                                    (*holdout, True) if holdout else None)
             if not labels_path.is_file():
-                log.info("[5/7] HDM labels on %s %s", hdm_dataset, hdm_split)
+                log.info("[5/7] HDM labels on %s", hdm_where)
                 labels, counts = [], {"positive": 0, "kept": 0}
                 for image, label, boxes in tqdm(samples, desc="HDM labels", unit="img", disable=None):
                     lab, c = hdm_anchor_labels(rdn, image_model, region_model, image, label, boxes, region_size,

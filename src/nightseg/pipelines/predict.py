@@ -13,6 +13,8 @@ threads, writing happens in threads behind the model with a bounded queue.
 Every file is written atomically; a rerun skips inputs whose outputs all exist (a video's finished frames
 are read back instead of recomputed), so an interrupted run resumes. ``--overwrite`` redoes everything.
 Unreadable inputs stop the run with a one-line error (exit 2), or are skipped and counted with --skip-bad.
+Single-channel inputs (grayscale, 16-bit, palette: often a label map given by mistake) are read as gray RGB
+with a warning; a log line says when the checkpoint's bundled Zero-DCE relights every input first.
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from nightseg.core.errors import UserError
-from nightseg.core.io import IMAGE_SUFFIXES, atomic_path, prefetch, read_image, read_label
+from nightseg.core.io import (
+    IMAGE_SUFFIXES,
+    SINGLE_CHANNEL_MODES,
+    atomic_path,
+    prefetch,
+    read_image_with_info,
+    read_label,
+)
 from nightseg.inference import (
     Prediction,
     Predictor,
@@ -42,6 +51,7 @@ from nightseg.inference import (
     palette_for,
 )
 from nightseg.inference.video import VideoWriter, is_video, open_video, read_frames
+from nightseg.models.relight import DCENet
 
 log = logging.getLogger("nightseg")
 
@@ -215,21 +225,46 @@ class Stats:
     videos: int = 0
     skipped_done: int = 0
     skipped_bad: list[str] = field(default_factory=list)
+    single_channel: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
-def _read(item: Item) -> tuple[Item, np.ndarray | None, torch.Tensor | None, UserError | None]:
-    """Decode one image and convert it to the model's float input (in a reader thread, off the main one)."""
+WARN_SINGLE_CHANNEL = 3
+"""Single-channel inputs named one by one in the log; the rest are only counted (`Stats.single_channel`)."""
+
+
+def describe_preprocessing(segmenter: Predictor) -> str | None:
+    """Return the log line that says what runs on each input before the segmenter (None when nothing does)."""
+    step = getattr(segmenter.net, "relight", None)
+    if step is None:
+        return None
+    if isinstance(step, DCENet):
+        return ("relighting every input with Zero-DCE before segmenting (the checkpoint bundles it, or --relight "
+                "asked for it; --no-relight turns it off)")
+    return "translating every input night->day (--night2day) before segmenting"
+
+
+def _read(item: Item) -> tuple[Item, np.ndarray | None, torch.Tensor | None, UserError | str]:
+    """Decode one image and convert it to the model's float input (in a reader thread, off the main one);
+    the last element is the error, or the Pillow mode the image was stored in."""
     try:
-        array = read_image(item.src)
+        array, mode = read_image_with_info(item.src)
     except UserError as exc:
         return item, None, None, exc
-    return item, array, torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0), None
+    return item, array, torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0), mode
+
+
+def _single_channel(stats: Stats, item: Item, mode: str) -> None:
+    """Count (and for the first few, name) an input stored with one channel: a label map or a grayscale photo."""
+    stats.single_channel.append(str(item.src))
+    if len(stats.single_channel) <= WARN_SINGLE_CHANNEL:
+        log.warning("%s: single-channel (%s) image, read as gray RGB; the model expects colour camera images "
+                    "(is this a label map?)", item.src, mode)
 
 
 def _bad(stats: Stats, exc: UserError, skip_bad: bool) -> None:
     if not skip_bad:
-        raise exc
+        raise UserError(f"{exc} (--skip-bad skips unreadable inputs and continues)") from exc
     stats.skipped_bad.append(str(exc))
     log.warning("skipping: %s", exc)
 
@@ -252,12 +287,14 @@ def predict_images(
         bar.update(len(batch))
         batch.clear()
 
-    for item, array, tensor, error in prefetch(_read, items, workers):
-        if error is not None:
-            _bad(stats, error, skip_bad)
+    for item, array, tensor, status in prefetch(_read, items, workers):
+        if isinstance(status, UserError):
+            _bad(stats, status, skip_bad)
             bar.update(1)
             continue
         assert array is not None and tensor is not None
+        if status in SINGLE_CHANNEL_MODES:
+            _single_channel(stats, item, status)
         if batch and (len(batch) >= batch_size or batch[0][1].shape != array.shape):
             flush()
         batch.append((item, array, tensor))
@@ -335,6 +372,9 @@ def predict_inputs(segmenter: Predictor, inputs: list[str], out: Path, kinds: tu
     items = expand_inputs(inputs)
     start = time.perf_counter()
     stats = Stats()
+    what = describe_preprocessing(segmenter)
+    if what:
+        log.info("%s", what)
     images = [it for it in items if not it.video]
     videos = [it for it in items if it.video]
     with OutputWriter(out, kinds, segmenter.num_classes, invalid_threshold, workers) as writer:

@@ -73,9 +73,13 @@ def train_relight(
     if resume and state_step(state_dir(out)) is not None:  # resume with no saved state yet: a fresh start
         start, extra = load_loop_state(state_dir(out), {"model": model}, {"optimizer": optimizer}, settings=settings)
         history = list(extra["history"])
-        log.info("resuming %s after epoch %d", out, start)
+        if start >= epochs:  # a finished stage: say so instead of "resuming"
+            log.info("%s: already trained (%d epoch(s))", out, start)
+        else:
+            log.info("resuming %s after epoch %d of %d", out, start, epochs)
     steps = math.ceil(len(images) / batch_size)
-    bar = tqdm(total=(epochs - start) * steps, desc="relight train", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=max(0, epochs - start) * steps, desc="relight train", unit="step", dynamic_ncols=True,
+               disable=True if start >= epochs else None)
     model.train()
     for epoch in range(start, epochs):
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)

@@ -20,6 +20,7 @@ run can be resumed (existing files are kept unless ``overwrite``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -34,6 +35,8 @@ from nightseg.core.errors import UserError
 from nightseg.core.io import atomic_path, write_json, write_png
 from nightseg.synthetic.render import INVALID_V, Frame, render
 from nightseg.synthetic.scene import Scene, build_scene
+
+log = logging.getLogger("nightseg")
 
 GENERATOR_VERSION = "1.1"
 """Bumped whenever the same seed would produce different pixels."""
@@ -188,6 +191,12 @@ def make_sample(split: str | Split, index: int, seed: int = 0, size: tuple[int, 
     return out
 
 
+def _is_written(job: tuple) -> bool:
+    """Return whether every file of the scene of `job` exists (files are written atomically: existing = whole)."""
+    out, key, index = job[:3]
+    return all(p.is_file() for p in sample_files(Path(out), SPLIT_BY_KEY[key], index).values())
+
+
 def _write_sample(job: tuple) -> int:
     """Worker: render one scene unless all its files exist; return the number of files written."""
     out, key, index, seed, size, overwrite = job
@@ -284,8 +293,10 @@ def generate(out: str | os.PathLike, preset: str = "small", size: tuple[int, int
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
-    elif manifest_path.is_file():
+    was_finished = False
+    if not overwrite and manifest_path.is_file():
         old = _read_manifest(manifest_path)
+        was_finished = bool(old.get("complete"))
         mine = _manifest(seed, size, counts, preset, False)
         for k in ("version", "seed", "size", "counts"):
             if old.get(k) != mine[k]:
@@ -295,10 +306,15 @@ def generate(out: str | os.PathLike, preset: str = "small", size: tuple[int, int
     out.mkdir(parents=True, exist_ok=True)
     write_json(manifest_path, _manifest(seed, size, counts, preset, False))
     jobs = [(str(out), sp.key, i, seed, size, overwrite) for sp in SPLITS for i in range(counts[sp.key])]
-    written = 0
-    bar = tqdm(total=len(jobs), desc="synth", unit="scene", disable=not progress)
-    for n in _run(jobs, workers):
-        written += n
+    todo = jobs if overwrite else [j for j in jobs if not _is_written(j)]
+    done = len(jobs) - len(todo)
+    if was_finished and done == len(jobs):
+        log.info("%s: synthetic set already complete (%d scenes)", out, len(jobs))
+    elif done:
+        log.info("%s: resuming: %d of %d scenes already written", out, done, len(jobs))
+    # a resumed run: the bar starts at the scenes already on disk
+    bar = tqdm(total=len(jobs), initial=done, desc="synth", unit="scene", disable=not progress)
+    for _ in _run(todo, workers):
         bar.update(1)
     bar.close()
     rows = [pair_csv_row(i) for i in range(counts["pairs"])]

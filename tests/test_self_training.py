@@ -1,0 +1,429 @@
+"""Self-training recipes (DACS, DAFormer, MIC, HRDA, ULCA with a mean teacher): hand-computed values of each
+building block, two training steps of every recipe on the synthetic benchmark, and exact resume with the
+teacher state after a stop mid-run."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from nightseg.core.classes import IGNORE_INDEX
+from nightseg.core.config import load_config
+from nightseg.data.photometric import MixAugmentConfig, mix_augment
+from nightseg.data.rare_class import RareClassSampling, rcs_probabilities
+from nightseg.data.streams import StepStreams
+from nightseg.methods.self_training import (
+    block_mask,
+    classmix,
+    confidence_weight,
+    downscale_label_ratio,
+    masked_feature_distance,
+    pixel_weighted_ce,
+)
+from nightseg.methods.teacher import MeanTeacher, TeacherParams, ema_alpha, ema_update_
+from nightseg.models.backbones import ResNetBackbone
+from nightseg.models.hrda import detail_box, fuse_scales, hrda
+from nightseg.models.relight import DCENet, save_dce_weights
+
+REPO = Path(__file__).resolve().parents[1]
+COUNTS = {"train": 4, "val": 0, "pairs": 4, "night_val": 2, "night_train": 0, "nightcity_val": 0}
+RECIPES = ("dacs", "daformer", "mic", "hrda", "ulca_st")
+
+
+# --------------------------------------------------------------------------------------------- EMA teacher
+def test_ema_alpha_warmup_values():
+    assert ema_alpha(0, 0.99) == 0.0  # step 0: the teacher becomes a copy of the student
+    assert ema_alpha(1, 0.99) == 0.5
+    assert ema_alpha(9, 0.99) == pytest.approx(0.9)
+    assert ema_alpha(99, 0.99) == pytest.approx(0.99)
+    assert ema_alpha(5000, 0.999) == 0.999
+    assert ema_alpha(1, 0.99, warmup=False) == 0.99
+
+
+def test_ema_update_parameters_and_buffers_by_hand():
+    teacher, student = nn.BatchNorm1d(2), nn.BatchNorm1d(2)
+    with torch.no_grad():
+        teacher.weight.fill_(1.0)
+        student.weight.fill_(3.0)
+        teacher.running_mean.fill_(0.0)
+        student.running_mean.fill_(2.0)
+        student.num_batches_tracked.fill_(7)
+    ema_update_(teacher, student, 0.75)
+    assert torch.allclose(teacher.weight, torch.tensor([1.5, 1.5]))  # 0.75 * 1 + 0.25 * 3
+    assert torch.allclose(teacher.running_mean, torch.tensor([0.5, 0.5]))  # float buffers: same EMA
+    assert int(teacher.num_batches_tracked) == 7  # integer buffers: copied
+    ema_update_(teacher, student, 0.75, buffers="copy")
+    assert torch.allclose(teacher.running_mean, torch.tensor([2.0, 2.0]))
+
+
+def test_mean_teacher_steps_frozen_and_eval_mode():
+    student = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Dropout(0.5))
+    with torch.no_grad():
+        student[0].weight.fill_(2.0)
+    teacher = MeanTeacher(student, TeacherParams(alpha=0.9))
+    assert not any(q.requires_grad for q in teacher.parameters())
+    with torch.no_grad():
+        student[0].weight.fill_(4.0)
+    assert teacher.update(student, 0) == 0.0 and float(teacher.net[0].weight) == 4.0
+    with torch.no_grad():
+        student[0].weight.fill_(6.0)
+    assert teacher.update(student, 1) == 0.5 and float(teacher.net[0].weight) == 5.0
+    assert teacher.update(student, 100) == 0.9 and float(teacher.net[0].weight) == pytest.approx(5.1)
+    teacher.train()
+    x = torch.ones(64, 1)
+    assert torch.equal(teacher.predict(x), torch.full((64, 1), float(teacher.net[0].weight)))  # no dropout
+    assert teacher.net.training  # the module's mode is restored
+
+
+# --------------------------------------------------------------------------------------------- ClassMix etc.
+def test_classmix_pastes_the_only_candidate_class_by_hand():
+    source = torch.full((1, 3, 2, 3), 0.9)
+    target = torch.full((1, 3, 2, 3), 0.1)
+    label_s = torch.tensor([[[5, 5, 0], [IGNORE_INDEX, 5, 0]]])
+    label_t = torch.tensor([[[1, 2, 3], [4, 6, 7]]])
+    mixed, label, mask = classmix(source, label_s, target, label_t, classes=[5, 13], generator=torch.Generator())
+    expected_mask = torch.tensor([[[True, True, False], [False, True, False]]])  # ceil(1/2) = 1 class: 5
+    assert torch.equal(mask, expected_mask)
+    assert torch.equal(label, torch.tensor([[[5, 5, 3], [4, 5, 7]]]))
+    assert torch.allclose(mixed[0, :, 0, 0], torch.full((3,), 0.9)) and torch.allclose(mixed[0, :, 0, 2], torch.full((3,), 0.1))
+
+
+def test_classmix_takes_half_of_the_classes_and_never_ignore():
+    label = torch.tensor([0, 1, 2, 5, 8, IGNORE_INDEX]).repeat_interleave(4).view(1, 4, 6)
+    for seed in range(8):
+        _, mixed_label, mask = classmix(torch.zeros(1, 3, 4, 6), label, torch.ones(1, 3, 4, 6),
+                                       torch.full_like(label, 18), list(range(19)), torch.Generator().manual_seed(seed))
+        pasted = set(label[mask].tolist())
+        assert len(pasted) == 3 and IGNORE_INDEX not in pasted  # ceil(5 / 2) of the 5 classes present
+        assert torch.equal(mask, torch.isin(label, torch.tensor(sorted(pasted)))), "whole classes only"
+        assert bool((mixed_label[~mask] == 18).all())
+
+
+def test_confidence_weight_share_of_the_batch_by_hand():
+    probs = torch.zeros(2, 2, 1, 4)
+    probs[:, 0] = torch.tensor([[[0.99, 0.968, 0.5, 0.9]], [[0.97, 0.02, 0.2, 0.3]]])
+    probs[:, 1] = 1 - probs[:, 0]
+    # confident (max >= 0.968): 0.99, 0.968 | 0.97, 0.98 (class 1) -> 4 of 8 pixels
+    weight = confidence_weight(probs, 0.968)
+    assert torch.equal(weight, torch.full((2, 1, 4), 0.5))
+    rows = torch.zeros(1, 2, 4, 2)
+    rows[:, 0] = 1.0  # every pixel certain
+    assert confidence_weight(rows, 0.968, ignore_top=1, ignore_bottom=2)[0, :, 0].tolist() == [0.0, 1.0, 0.0, 0.0]
+
+
+def test_pixel_weighted_ce_is_mmseg_mean_by_hand():
+    logits = torch.zeros(1, 2, 1, 4)  # CE = ln 2 on every pixel
+    label = torch.tensor([[[0, 1, IGNORE_INDEX, 0]]])
+    weight = torch.tensor([[[1.0, 0.5, 1.0, 0.25]]])
+    assert float(pixel_weighted_ce(logits, label, weight)) == pytest.approx(math.log(2) * (1 + 0.5 + 0 + 0.25) / 4)
+    assert float(pixel_weighted_ce(logits, label)) == pytest.approx(math.log(2))  # mean over labelled pixels
+
+
+def test_mix_augment_is_seeded_and_identity_when_off():
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    a = mix_augment(x, torch.Generator().manual_seed(3))
+    b = mix_augment(x, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and not torch.allclose(a, x) and 0 <= float(a.min()) and float(a.max()) <= 1
+    off = mix_augment(x, torch.Generator().manual_seed(3), MixAugmentConfig(jitter_p=0.0, blur_p=0.0))
+    assert torch.allclose(off, x, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- DAFormer
+def test_rare_class_probabilities_by_hand():
+    probs = rcs_probabilities(torch.tensor([50.0, 30.0, 20.0, 0.0]), temperature=0.1)
+    e = torch.tensor([math.exp(5.0), math.exp(7.0), math.exp(8.0)], dtype=torch.float64)  # (1 - f) / T
+    assert torch.allclose(probs[:3], e / e.sum()) and probs[3] == 0  # an absent class is never drawn
+    assert probs[:3].tolist() == pytest.approx([0.035119, 0.259496, 0.705385], abs=1e-6)
+    sharp = rcs_probabilities(torch.tensor([0.6, 0.3, 0.1]), temperature=0.01)
+    assert float(sharp[2]) == pytest.approx(1 / (1 + math.exp(-20) + math.exp(-50)))
+
+
+class CountsDataset(torch.utils.data.Dataset):
+    """Image i is filled with class i % 3, with i % 3 + 1 pixels of class 9 in its first row."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i: int) -> dict:
+        label = torch.full((4, 4), i % 3, dtype=torch.long)
+        label[0, : i % 3 + 1] = 9
+        return {"image": torch.rand(3, 4, 4), "label": label, "index": i}
+
+
+def test_rare_class_sampling_draws_by_class_and_is_a_function_of_the_position():
+    data = CountsDataset()
+    counts = torch.stack([torch.bincount(data[i]["label"].flatten(), minlength=19) for i in range(6)])
+    rcs = RareClassSampling(data, counts, temperature=0.05, min_pixels=2)
+    assert set(rcs.samples[9].tolist()) == {1, 2, 4, 5}  # images with >= 2 pixels of class 9
+    gen = torch.Generator().manual_seed(0)
+    drawn = [rcs.draw(gen) for _ in range(2000)]
+    share_9 = sum(c == 9 for c, _ in drawn) / len(drawn)
+    assert float(rcs.probs[9]) > 0.85 and share_9 == pytest.approx(float(rcs.probs[9]), abs=0.03)
+    assert all(i in rcs.samples[c].tolist() for c, i in drawn)
+    streams = StepStreams({"source": rcs}, seed=0)
+    assert [streams[p]["source"]["index"] for p in range(6)] == [streams[p]["source"]["index"] for p in range(6)]
+
+
+def test_downscale_label_ratio_and_feature_distance_by_hand():
+    label = torch.tensor([[[3, 3, 1, 1],
+                           [3, 3, 1, 2],
+                           [4, 5, 255, 255],
+                           [5, 4, 255, 255]]])
+    out = downscale_label_ratio(label, 2, 0.75, 19)
+    assert out.tolist() == [[[3, 1], [IGNORE_INDEX, IGNORE_INDEX]]]  # 3/4 of class 1 passes, 2/4 does not
+    features = torch.tensor([[[[3.0, 0.0]], [[4.0, 1.0]]]])  # [1, 2, 1, 2]: pixel norms 5 and 1
+    reference = torch.zeros_like(features)
+    assert float(masked_feature_distance(features, reference)) == pytest.approx(3.0)
+    assert float(masked_feature_distance(features, reference, torch.tensor([[[True, False]]]))) == pytest.approx(5.0)
+    assert float(masked_feature_distance(features, reference, torch.zeros(1, 1, 2, dtype=torch.bool))) == 0.0
+
+
+# --------------------------------------------------------------------------------------------- MIC
+def test_mic_mask_ratio_patch_alignment_and_seed():
+    mask = block_mask((4, 320, 320), 16, 0.7, torch.Generator().manual_seed(0))
+    assert mask.shape == (4, 1, 320, 320) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    blocks = mask.view(4, 1, 20, 16, 20, 16)
+    assert bool((blocks == blocks[:, :, :, :1, :, :1]).all()), "constant inside each 16x16 patch"
+    assert 1 - float(mask.mean()) == pytest.approx(0.7, abs=0.04)  # 1600 patches
+    assert torch.equal(mask, block_mask((4, 320, 320), 16, 0.7, torch.Generator().manual_seed(0)))
+    assert not torch.equal(mask, block_mask((4, 320, 320), 16, 0.7, torch.Generator().manual_seed(1)))
+    edge = block_mask((1, 20, 20), 16, 0.5, torch.Generator().manual_seed(0))
+    assert bool((edge[..., 16:, :16] == edge[..., 16, 0]).all())  # the partial patch at the border is one patch
+    assert float(block_mask((2, 8, 8), 4, 0.0, torch.Generator()).min()) == 1.0
+
+
+# --------------------------------------------------------------------------------------------- HRDA
+def test_hrda_detail_box_geometry():
+    boxes = {detail_box((128, 96), (64, 32), 16, torch.Generator().manual_seed(s)) for s in range(200)}
+    assert {y1 for y1, _, _, _ in boxes} == {0, 16, 32, 48}  # HRDA: randint((64 + 1) // 16) * 16
+    assert {x1 for _, _, x1, _ in boxes} == {0, 16, 32, 48}
+    assert all(y2 - y1 == 64 and x2 - x1 == 32 for y1, y2, x1, x2 in boxes)
+    assert detail_box((64, 64), (64, 64), 8) == (0, 64, 0, 64)
+    with pytest.raises(ValueError, match="larger"):
+        detail_box((32, 32), (64, 16))
+
+
+def test_hrda_scale_attention_fusion_by_hand():
+    context = torch.full((1, 2, 4, 4), 2.0)
+    attention = torch.full((1, 2, 4, 4), 0.25)
+    detail = torch.full((1, 2, 2, 2), 4.0)
+    fused = fuse_scales(context, attention, detail, (1, 3, 1, 3))
+    inside = torch.zeros(4, 4, dtype=torch.bool)
+    inside[1:3, 1:3] = True
+    assert bool((fused[:, :, inside] == 0.75 * 2 + 0.25 * 4).all())  # (1 - a) * context + a * detail
+    assert bool((fused[:, :, ~inside] == 2.0).all())  # no detail prediction: the context alone
+    assert torch.equal(fuse_scales(context, attention, torch.full((1, 2, 4, 4), 4.0)), torch.full((1, 2, 4, 4), 2.5))
+
+
+def test_hrda_network_shapes_and_sliding_detail(one_torch_thread):
+    torch.manual_seed(0)
+    net = hrda(19, False, "pspnet_nano", 0.5, [32, 32], [16, 16]).eval()
+    x = torch.rand(1, 3, 48, 64)
+    with torch.no_grad():
+        context, attention, _ = net.context(x)
+        fused = net(x)
+    assert context.shape == attention.shape == (1, 19, 48, 64) and 0 < float(attention.min()) < float(attention.max()) < 1
+    assert fused.shape == (1, 19, 48, 64)
+    # the sliding detail windows (32x32, stride 16) cover every pixel: no zero-count division anywhere
+    assert bool(torch.isfinite(fused).all())
+    assert net.config["name"] == "nightseg.models.hrda:hrda" and net.config["detail_crop"] == [32, 32]
+    average = hrda(19, False, "pspnet_nano", 0.5, [32, 32], [16, 16], attention="average").eval()
+    with torch.no_grad():
+        _, fixed, _ = average.context(x)
+    assert bool((fixed == 0.5).all()) and not any(q.requires_grad for q in average.attention.parameters())
+
+
+# --------------------------------------------------------------------------------------------- recipes
+@pytest.fixture(scope="module")
+def relight_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("relight") / "dce.safetensors"
+    save_dce_weights(DCENet(generator=torch.Generator().manual_seed(0)), path)
+    return path
+
+
+def recipe_config(name: str, root: Path, relight: Path, **train):
+    """The CPU config of `name` on the tiny synthetic set: pspnet_nano, 48x48 crops, one thread."""
+    overrides = [f"data.root={root}", "data.workers=0", "model.name=pspnet_nano",
+                 "data.source.crop=[48,48]", "data.source.scale=[1.0,1.0]", "data.target.crop=[48,64]",
+                 "data.target.scale=[1.0,1.0]", "train.progress=false", "train.log_every=1", "train.cpu_threads=1",
+                 "train.max_steps=2", "train.val_every=0", "train.state_every=100"]
+    overrides += [f"train.{k}={v}" for k, v in train.items()]
+    if name == "hrda":
+        overrides += ["method.multi_resolution.detail_crop=[32,32]", "method.multi_resolution.detail_stride=[16,16]"]
+    if name == "mic":  # weight 1: an untrained teacher has no pixel above 0.968, so q = 0 would hide the term
+        overrides += ["method.masking.patch=8", "method.pseudo_label.confidence_weight=false"]
+    if name == "ulca_st":
+        overrides += [f"method.relight.weights={relight}"]
+    if name in ("daformer", "mic", "hrda"):
+        overrides += ["data.source.options.min_pixels=1", "data.source.options.progress=false"]
+    return load_config(REPO / "configs" / "cpu" / f"{name}.yaml", overrides)
+
+
+def csv_losses(run: Path) -> list[dict[str, str]]:
+    with (run / "logs" / "csv" / "metrics.csv").open(newline="") as file:
+        return [row for row in csv.DictReader(file) if row.get("train/loss")]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_trains_two_steps_with_finite_losses(name, tmp_path, synthetic_set, relight_file):
+    from nightseg.engine import train
+
+    cfg = recipe_config(name, synthetic_set(COUNTS), relight_file)
+    metrics = train(cfg, tmp_path / "run")
+    assert metrics["finished"] and metrics["step"] == 2
+    rows = csv_losses(tmp_path / "run")
+    assert len(rows) == 2
+    expected = {"dacs": "train/mix", "daformer": "train/mix", "mic": "train/masked", "hrda": "train/mix",
+                "ulca_st": "train/st"}[name]
+    for row in rows:
+        assert math.isfinite(float(row["train/loss"])) and float(row["train/loss"]) > 0
+        assert math.isfinite(float(row[expected])) and float(row[expected]) > 0
+    assert [float(r["train/alpha"]) for r in rows] == [0.0, 0.5]  # the teacher's warm-up, step 0 and 1
+    state = load_file(str(next((tmp_path / "run" / "state").glob("*.safetensors"))))
+    teacher = [k for k in state if "teacher.net." in k]
+    assert teacher, "the teacher is part of the training state"
+    last = load_file(str(tmp_path / "run" / "checkpoints" / "last.safetensors"))
+    assert not any(k.startswith("teacher.") for k in last)  # exported checkpoints hold the student only
+    if name == "hrda":  # the checkpoint rebuilds HRDA's network (context, detail and attention) for inference
+        from nightseg.core.checkpoint import load_checkpoint, load_state_into
+        from nightseg.models.registry import model_from_config
+
+        path = tmp_path / "run" / "checkpoints" / "last.safetensors"
+        tensors, meta = load_checkpoint(path)
+        net = model_from_config(meta["model"], path)
+        load_state_into(net, tensors, path)
+        assert net.config["segmenter"] == "pspnet_nano" and any(k.startswith("attention.") for k in tensors)
+
+
+def test_daformer_feature_distance_off_without_imagenet_and_on_with_an_encoder(tmp_path, synthetic_set,
+                                                                               relight_file, caplog, one_torch_thread):
+    from nightseg.methods.daformer import DAFormer
+
+    cfg = recipe_config("daformer", synthetic_set(COUNTS), relight_file)
+    with caplog.at_level(logging.WARNING, logger="nightseg.train"):
+        module = DAFormer(cfg)
+    assert module.imnet is None and "feature distance off" in caplog.text and len(caplog.records) == 1
+    groups = module.param_groups()
+    encoder = {id(q) for q in module.model.backbone.parameters()}
+    assert all(g["lr_mult"] == (1.0 if id(g["params"][0]) in encoder else 10.0) for g in groups)
+    norm = [g for g in groups if g.get("weight_decay") == 0.0]
+    assert norm and all(q.dim() == 1 for g in norm for q in g["params"])
+    torch.manual_seed(0)
+    module.enable_feature_distance(ResNetBackbone(18, output_stride=8, stages=2))  # other weights: no download
+    x = torch.rand(2, 3, 48, 48)
+    label = torch.full((2, 48, 48), 13)  # car: a thing class
+    features = module.model.encode(x)[-1]
+    fd = module.feature_distance(x, features, label)
+    assert float(fd.detach()) > 0 and fd.requires_grad
+    label[:] = 0  # road is no thing class: nothing to compare
+    assert float(module.feature_distance(x, features, label).detach()) == 0.0
+
+
+def state_tensors(run: Path) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for path in sorted((run / "state").glob("*.safetensors")):
+        tensors.update(load_file(str(path)))
+    return {k: v for k, v in tensors.items() if "teacher" in k or "model" in k}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("hrda", "ulca_st") else n
+                                  for n in RECIPES])
+def test_stop_and_resume_gives_identical_student_and_teacher(name, tmp_path, synthetic_set, relight_file):
+    import os
+    import signal
+
+    import lightning as L
+
+    from nightseg.engine import train
+
+    class SendSigterm(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    root = synthetic_set(COUNTS)
+    cfg = recipe_config(name, root, relight_file, max_steps=5)
+    train(cfg, tmp_path / "straight")
+    stopped = train(recipe_config(name, root, relight_file, max_steps=5), tmp_path / "run", callbacks=[SendSigterm()])
+    assert stopped["interrupted"] and stopped["step"] == 3  # the step after the signal finishes, then it stops
+    resumed = train(recipe_config(name, root, relight_file, max_steps=5), tmp_path / "run", resume=True)
+    assert resumed["finished"] and resumed["step"] == 5
+    a, b = state_tensors(tmp_path / "straight"), state_tensors(tmp_path / "run")
+    assert any("teacher" in k for k in a) and sorted(a) == sorted(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+    assert [r["train/loss"] for r in csv_losses(tmp_path / "run")] == [r["train/loss"] for r in csv_losses(tmp_path / "straight")]
+
+
+def test_configs_load_with_the_papers_settings():
+    dacs, daformer = load_config(REPO / "configs/dacs.yaml"), load_config(REPO / "configs/daformer.yaml")
+    assert dacs.method.teacher.alpha == 0.99 and dacs.method.pseudo_label.threshold == 0.968
+    assert daformer.method.teacher.alpha == 0.999 and daformer.model.name == "daformer_mitb5"
+    assert daformer.optim.warmup_steps == 1500 and daformer.method.head_lr_mult == 10
+    assert daformer.data.source.options["temperature"] == 0.01
+    mic = load_config(REPO / "configs/mic.yaml")
+    assert (mic.method.masking.patch, mic.method.masking.ratio, mic.method.masking.weight) == (64, 0.7, 1.0)
+    hr = load_config(REPO / "configs/hrda.yaml")
+    assert hr.data.source.crop == [1024, 1024] and hr.method.multi_resolution.detail_crop == [512, 512]
+    st = load_config(REPO / "configs/cpu/ulca_st.yaml", ["method.self_training.input=night"])
+    assert st.method.self_training.input == "night" and st.method.teacher.alpha == 0.99
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dacs", "daformer", "mic", "hrda"])
+def test_kill_and_resume_gives_identical_student_and_teacher(name, tmp_path, run_cli, monkeypatch):
+    """Uninterrupted run vs. a subprocess SIGKILLed mid-run (after its step-4 state) and resumed, as
+    tests/test_engine.py does for the supervised recipe; the teacher is part of what must match."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from nightseg.core.config import config_from_dict
+    from nightseg.engine import train
+
+    tests = Path(__file__).resolve().parent
+    monkeypatch.syspath_prepend(str(tests))
+    from test_engine import KILL_ENV, cli_env
+
+    method: dict = {"name": name}
+    if name == "mic":
+        method["masking"] = {"patch": 8}
+    if name == "hrda":
+        method["multi_resolution"] = {"detail_crop": [16, 16], "detail_stride": [8, 8], "divisible": 8}
+    recipe = {
+        "method": method, "seed": 3,
+        "data": {"root": ".", "batch_size": 2, "workers": 0,
+                 "source": {"dataset": "test_engine:tiny_dataset", "flip": True},
+                 "target": {"dataset": "test_engine:tiny_dataset", "options": {"dark": True}, "flip": True}},
+        "model": {"name": "pspnet_nano"}, "optim": {"lr": 0.05},
+        "train": {"max_steps": 8, "val_every": 0, "state_every": 2, "log_every": 1, "accelerator": "cpu",
+                  "progress": False, "cpu_threads": 1},
+    }
+    straight = tmp_path / "straight"
+    train(config_from_dict(recipe, "tiny"), straight)
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(recipe))
+    killed = tmp_path / "killed"
+    env = cli_env()
+    env[KILL_ENV] = str(4 * 6)  # 2 streams x 2 samples per step (+1 prefetched batch): dies around step 5
+    proc = subprocess.run([sys.executable, "-m", "nightseg.cli", "train", "--config", str(config), "--out",
+                           str(killed)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert json.loads((killed / "state" / "state.json").read_text())["step"] == 4
+    result = run_cli("train", "--out", killed, "--resume")
+    assert result.code == 0, result.err
+    a, b = state_tensors(straight), state_tensors(killed)
+    assert any("teacher" in k for k in a) and sorted(a) == sorted(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after kill and resume"
