@@ -186,7 +186,7 @@ def test_exposure_plot_has_one_bar_group_per_model(tiny_checkpoint, second_check
     assert all(0 <= h <= 1 for h in heights) and max(heights) > 1 / 19  # max-softmax of 19 classes
 
 
-def test_bad_uploads_are_refused_with_one_line(tiny_checkpoint, image_file, tmp_path, one_torch_thread):
+def test_bad_uploads_are_refused_with_one_line(tiny_checkpoint, image_file, tmp_path, one_torch_thread, monkeypatch):
     cache = ModelCache()
     options = ModelOptions(str(tiny_checkpoint))
     big = tmp_path / "big.png"
@@ -206,11 +206,34 @@ def test_bad_uploads_are_refused_with_one_line(tiny_checkpoint, image_file, tmp_
         load_input(image_file, MB, max_pixels=100)
     with pytest.raises(UserError, match="checkpoint not found"):
         run_request(cache, image_file, ModelOptions(str(tmp_path / "missing.safetensors")), None, tmp_path / "tmp")
-    with pytest.raises(UserError, match="hf: references"):
+    import huggingface_hub
+
+    def offline(**kw):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("outgoing traffic has been disabled")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(UserError, match=r"hf:user/model: could not fetch https://huggingface.co/user/model") as info:
         run_request(cache, image_file, ModelOptions("hf:user/model"), None, tmp_path / "tmp")
+    assert "\n" not in str(info.value)
     # after the refusals the same cache still serves a good request
     result = run_request(cache, image_file, options, None, tmp_path / "tmp")
     assert read_label(result.models[0].labels_png).shape == (H, W)
+
+
+def test_hub_references_and_model_folders_are_served(image_file, tmp_path, one_torch_thread, monkeypatch):
+    # the page takes what `nightseg import` takes: an hf: reference (downloaded once; faked here) or a folder
+    pytest.importorskip("transformers")
+    from test_pretrained import fake_hub, hf_segformer
+
+    folder = tmp_path / "hub_model"
+    hf_segformer(folder)
+    calls = fake_hub(monkeypatch, folder)
+    cache = ModelCache()
+    via_hub = run_request(cache, image_file, ModelOptions("hf:org/segformer@main"), None, tmp_path / "a")
+    via_folder = run_request(cache, image_file, ModelOptions(str(folder)), None, tmp_path / "b")
+    assert calls == [("org/segformer", "main")]
+    hub_labels, folder_labels = read_label(via_hub.models[0].labels_png), read_label(via_folder.models[0].labels_png)
+    assert hub_labels.shape == (H, W) and np.array_equal(hub_labels, folder_labels) and hub_labels.max() < 19
 
 
 def test_video_frame_is_predicted(tiny_checkpoint, tmp_path, one_torch_thread):

@@ -35,6 +35,7 @@ from nightseg.core.io import IMAGE_SUFFIXES, read_image
 from nightseg.evaluation.exposure import NUM_EXPOSURE_BINS, bin_edges, exposure_bins
 from nightseg.inference import Predictor, SlidingWindow, colorize_labels, overlay, palette_for
 from nightseg.inference.video import is_video, open_video, read_frames
+from nightseg.models.pretrained.reference import is_reference, resolve
 from nightseg.pipelines.predict import save_png
 
 DEFAULT_MAX_UPLOAD_MB = 50.0
@@ -67,16 +68,20 @@ class ModelOptions:
 
 
 def check_checkpoint(ref: str) -> Path:
-    """Return the path of a checkpoint reference from the command line or the page; UserError if unusable."""
+    """Return the local path of a checkpoint reference from the command line or the page: a NightSeg
+    .safetensors, an exported .onnx, a foreign model folder (`nightseg import` formats, converted on load) or
+    ``hf:ORG/NAME[@REV]`` (downloaded once into the hub cache); UserError if unusable."""
     ref = (ref or "").strip()
     if not ref:
         raise UserError("no checkpoint chosen: pick one in the page or pass CKPT to `nightseg serve`")
-    if ref.startswith("hf:"):
-        raise UserError(f"{ref}: hf: references need the pretrained import, which this version lacks; "
-                        "download the file and give its path")
+    if is_reference(ref):
+        return resolve(ref)  # one line naming the URL and the offline alternative when it cannot be fetched
     path = Path(ref).expanduser()
+    if path.is_dir():
+        return path
     if path.suffix not in (".safetensors", ".onnx"):
-        raise UserError(f"{ref}: expected a NightSeg .safetensors checkpoint or an exported .onnx model")
+        raise UserError(f"{ref}: expected a NightSeg .safetensors checkpoint, an exported .onnx model, a model "
+                        "folder or hf:ORG/NAME")
     if not path.is_file():
         raise UserError(f"{ref}: checkpoint not found; give the path of a .safetensors or .onnx file")
     return path
