@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from nightseg.core.classes import IGNORE_INDEX
+from nightseg.core.classes import CLASS_NAMES, IGNORE_INDEX
 from nightseg.core.config import load_config
 from nightseg.data.photometric import MixAugmentConfig, mix_augment
 from nightseg.data.rare_class import RareClassSampling, rcs_probabilities
@@ -300,6 +300,45 @@ def test_recipe_trains_two_steps_with_finite_losses(name, tmp_path, synthetic_se
         net = model_from_config(meta["model"], path)
         load_state_into(net, tensors, path)
         assert net.config["segmenter"] == "pspnet_nano" and any(k.startswith("attention.") for k in tensors)
+
+
+def test_validation_scores_the_teachers_pseudo_labels_per_class(tmp_path, synthetic_set, relight_file):
+    """metrics.json's history holds the teacher's per-class accuracy (recall) on night val, equal to the teacher
+    weights of the training state run on the val images and counted by hand."""
+    import json
+
+    from nightseg.data.registry import build_dataset
+    from nightseg.engine import train
+    from nightseg.evaluation.exposure import masked_label
+    from nightseg.models.registry import build_model
+
+    root = synthetic_set(COUNTS)
+    cfg = recipe_config("dacs", root, relight_file, max_steps=1, val_every=1)
+    train(cfg, tmp_path / "run")
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert [h["step"] for h in history] == [1] and "per_class_iou" in history[0]
+    teacher = build_model(cfg.model)
+    state = state_tensors(tmp_path / "run")
+    teacher.load_state_dict({k.split("teacher.net.", 1)[1]: v for k, v in state.items() if "teacher.net." in k})
+    teacher.eval()
+    hits, pixels = torch.zeros(19), torch.zeros(19)
+    val = build_dataset("dark_zurich", root / "dark_zurich", "val")
+    for sample in (val[i] for i in range(len(val))):  # __getitem__ wraps around: no IndexError to stop a for
+        image = sample["image"][None]
+        with torch.no_grad():
+            label = teacher(image).argmax(dim=1)[0]
+        truth = masked_label({k: v[None] for k, v in sample.items() if k in ("label", "invalid")})[0]
+        for c in range(19):
+            here = truth == c
+            pixels[c] += here.sum()
+            hits[c] += (label[here] == c).sum()
+    logged = history[0]["teacher_accuracy"]
+    for c, name in enumerate(CLASS_NAMES):
+        if pixels[c] == 0:
+            assert logged[name] is None  # not in the ground truth: NaN, stored as None
+        else:
+            assert logged[name] == pytest.approx(float(hits[c] / pixels[c]), abs=1e-6), name
+    assert (pixels > 0).sum() >= 3  # several classes are scored
 
 
 def test_daformer_feature_distance_off_without_imagenet_and_on_with_an_encoder(tmp_path, synthetic_set,

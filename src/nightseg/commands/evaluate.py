@@ -22,7 +22,7 @@ from nightseg.evaluation.exposure import DEFAULT_AVERAGE
 from nightseg.evaluation.metrics import AVERAGES
 from nightseg.evaluation.report import write_report
 from nightseg.models.pretrained.reference import parse_hf
-from nightseg.pipelines.evaluate import evaluate_dataset
+from nightseg.pipelines.evaluate import evaluate_dataset, inference_settings
 
 
 def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     segmenter = predictor_from_args(args)
     start = time.perf_counter()
     results = evaluate_dataset(segmenter, dataset, threshold, args.ef1_average, args.limit, args.skip_bad, args.workers)
-    settings = {"backend": segmenter.backend, "sliding": args.sliding, "tta": args.tta or "none",
+    settings = {**inference_settings(segmenter),  # what ran: a checkpoint's own sliding window included
                 "relight": "off" if args.no_relight else (args.relight or "checkpoint"), "seconds": round(time.perf_counter() - start, 1)}
     results = {"checkpoint": str(args.checkpoint), "dataset": args.dataset, "root": str(args.root), "split": args.split,
                "settings": settings, **results}

@@ -97,6 +97,9 @@ class ModelConfig:
     name: str = "pspnet_r101"
     num_classes: int = 19
     pretrained: bool = False
+    encoder_weights: str | None = None
+    """A local ImageNet encoder file (torchvision / timm / smp / NVlabs / mmseg layout) loaded instead of
+    downloading the ImageNet weights; implies an ImageNet-initialised encoder (`nightseg.models.pretrained.imagenet`)."""
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -270,7 +273,11 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
             target = target[key]
         target[keys[-1]] = value
         overridden[".".join(keys)] = item
-    return config_from_dict(raw, source=str(path), overridden=overridden)
+    cfg = config_from_dict(raw, source=str(path), overridden=overridden)
+    # the keys set on the command line (not a dataclass field: never saved): a recipe may replace the rest of
+    # the model section by what method.init_checkpoint was saved for, but not what the user set by hand
+    cfg.overridden_keys = frozenset(overridden)  # type: ignore[attr-defined]
+    return cfg
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config", overridden: dict[str, str] | None = None) -> Config:

@@ -161,7 +161,10 @@ class RunCallback(L.Callback):
         step = int(trainer.global_step)
         self.last_val_step = step
         self.latest = results
-        summary = {k: results[k] for k in ("step", "mIoU", "mEF1", "pixel_accuracy")}
+        # the per-class scores (and a self-training teacher's) stay in the history for plots over training
+        summary = json_safe({k: results[k] for k in ("step", "mIoU", "mEF1", "pixel_accuracy", "per_class_iou",
+                                          "teacher_mIoU", "teacher_accuracy", "teacher_precision") if k in results})
+        # (NaN, a class in neither ground truth nor prediction, is stored as None: histories compare equal)
         self.history = [h for h in self.history if h["step"] != step] + [summary]
         improved = not math.isnan(results["mIoU"]) and (self.best["mIoU"] is None or results["mIoU"] > self.best["mIoU"])
         if improved:

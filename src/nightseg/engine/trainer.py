@@ -68,7 +68,8 @@ from nightseg.engine.callbacks import RunCallback, StepProgressBar, TrainingStop
 from nightseg.engine.logs import ResumableCSVLogger
 from nightseg.engine.run import RunDir, export, prepare_run
 from nightseg.engine.state import SafeCheckpointIO
-from nightseg.methods.base import SegmentationModule
+from nightseg.methods.base import SegmentationModule, adopt_init_checkpoint_model
+from nightseg.models.registry import encoder_weights_from
 
 log = logging.getLogger("nightseg.train")
 
@@ -141,9 +142,14 @@ def build_trainer(cfg: Config, run: RunDir, callbacks: Sequence[L.Callback] = ()
 
 
 def build_module(cfg: Config) -> SegmentationModule:
-    """Return the LightningModule of the config's method (``nightseg.methods.<name>.build(cfg)``)."""
+    """Return the LightningModule of the config's method (``nightseg.methods.<name>.build(cfg)``): with the
+    architecture ``method.init_checkpoint`` was saved for (`adopt_init_checkpoint_model`), and every encoder
+    ImageNet-initialised from ``model.encoder_weights`` when that file is given (also those a recipe builds
+    itself, e.g. HRDA's)."""
+    adopt_init_checkpoint_model(cfg)
     module = importlib.import_module(f"nightseg.methods.{cfg.method.name}")
-    return module.build(cfg)
+    with encoder_weights_from(cfg.model.encoder_weights, cfg.model.name):
+        return module.build(cfg)
 
 
 def env_rank() -> int:
@@ -195,6 +201,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, resume: bool = False,
     With `resume`, continue from ``run_dir/state`` (a fresh start when there is none yet). The result
     has ``finished`` False when SIGTERM / Ctrl-C stopped the run early (the state is saved).
     """
+    adopt_init_checkpoint_model(cfg)  # before the resume check, which compares the model section too
     run, ckpt_path = prepare_run(cfg, run_dir, resume)
     dev = resolve_devices(cfg)
     with _quiet_lightning(), _determinism(dev["deterministic"], cfg.train.cpu_threads):

@@ -7,6 +7,8 @@ docstring for the batch layout.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from functools import partial
 from pathlib import Path
@@ -19,6 +21,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
+from nightseg.core.checkpoint import load_metadata
 from nightseg.core.classes import colorize
 from nightseg.core.config import Config
 from nightseg.core.errors import UserError
@@ -26,7 +29,13 @@ from nightseg.core.io import write_png
 from nightseg.core.schedule import poly_factor
 from nightseg.evaluation.exposure import ExposureConfusion, exposure_scores, masked_label
 from nightseg.evaluation.metrics import class_names_for, segmentation_scores
-from nightseg.models.registry import build_model
+from nightseg.models.pretrained import is_nightseg_checkpoint
+from nightseg.models.pretrained.reference import is_reference
+from nightseg.models.registry import build_model, read_checkpoint
+
+log = logging.getLogger("nightseg.train")
+WRAPPER_KEYS = ("name", "num_classes", "pretrained", "cross_attention", "relight")
+"""Keys of a checkpoint's ``model`` metadata that are not its architecture (recipe wrappers, class count)."""
 
 
 class SegmentationModule(L.LightningModule):
@@ -54,6 +63,12 @@ class SegmentationModule(L.LightningModule):
     def predict_logits(self, image: torch.Tensor) -> torch.Tensor:
         """Return the logits that validation scores; default ``self.model(image)``."""
         return self.model(image)
+
+    def teacher_label(self, image: torch.Tensor) -> torch.Tensor | None:
+        """Return the pseudo label ``[B,H,W]`` a self-training recipe's teacher gives validation images, or None
+        (no teacher; the default). Validation scores it against the ground truth as the teacher's per-class
+        accuracy over training (``val/teacher_acc/<class>``), the first thing to plot when a recipe does not help."""
+        return None
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Return the optimiser's parameter groups (each may carry ``lr_mult``); default: all trainable."""
@@ -105,6 +120,7 @@ class SegmentationModule(L.LightningModule):
     # ---- validation
     def on_validation_epoch_start(self) -> None:
         self._val_confusion = ExposureConfusion(self.num_classes, device=self.device)
+        self._val_teacher_confusion = None
         self._val_samples = []
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -113,6 +129,11 @@ class SegmentationModule(L.LightningModule):
         pred = logits.argmax(dim=1)
         label = masked_label(batch)
         self._val_confusion.update(pred, label, image.float())
+        teacher = self.teacher_label(image)
+        if teacher is not None:
+            if self._val_teacher_confusion is None:
+                self._val_teacher_confusion = ExposureConfusion(self.num_classes, device=self.device)
+            self._val_teacher_confusion.update(teacher, label, image.float())
         keep = self.cfg.train.num_images - len(self._val_samples)
         if keep > 0 and self.trainer.is_global_zero:
             for i in range(min(keep, image.shape[0])):
@@ -139,6 +160,15 @@ class SegmentationModule(L.LightningModule):
         self.log("val/pixel_accuracy", finite(scores["pixel_accuracy"]), sync_dist=False)
         for name, iou in per_class.items():  # NaN: the class is in neither ground truth nor prediction
             self.log(f"val/iou/{name.replace(' ', '_')}", float(iou), sync_dist=False)
+        if self._val_teacher_confusion is not None:
+            teacher = segmentation_scores(self._val_teacher_confusion.all_reduce().total())
+            accuracy = {name: teacher["per_class"][name]["accuracy"] for name in names}
+            precision = {name: teacher["per_class"][name]["precision"] for name in names}
+            self.val_results.update(teacher_mIoU=teacher["mIoU"], teacher_pixel_accuracy=teacher["pixel_accuracy"],
+                                    teacher_accuracy=accuracy, teacher_precision=precision)
+            self.log("val/teacher_mIoU", finite(teacher["mIoU"]), sync_dist=False)
+            for name, acc in accuracy.items():  # NaN: the class is not in the ground truth
+                self.log(f"val/teacher_acc/{name.replace(' ', '_')}", float(acc), sync_dist=False)
         if self.trainer.is_global_zero and self._val_samples and not self.trainer.sanity_checking:
             self._write_samples()
 
@@ -152,6 +182,62 @@ class SegmentationModule(L.LightningModule):
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("val/input|prediction|ground_truth", grid, step, dataformats="HWC")
+
+
+def checkpoint_model_config(ref: str) -> dict[str, Any]:
+    """Return the ``model`` metadata (architecture + options) of the model reference `ref`: a NightSeg
+    checkpoint's JSON, or a published checkpoint converted on the fly (cached per reference and file time)."""
+    path = Path(ref).expanduser()
+    stamp = path.stat().st_mtime_ns if not is_reference(ref) and path.exists() else None
+    return dict(_model_config(ref, stamp))
+
+
+@functools.lru_cache(maxsize=8)
+def _model_config(ref: str, stamp: int | None) -> dict[str, Any]:
+    path = Path(ref).expanduser()
+    meta = load_metadata(path) if not is_reference(ref) and is_nightseg_checkpoint(path) else read_checkpoint(ref)[1]
+    model = meta.get("model")
+    return dict(model) if isinstance(model, dict) else {}
+
+
+def adopt_init_checkpoint_model(cfg: Config) -> None:
+    """Make ``cfg.model`` the architecture ``method.init_checkpoint`` was saved for (in place; returns None).
+
+    The checkpoint's architecture name and options (``input_norm``, builder options such as SegFormer's
+    ``layer_norm_eps``) replace the recipe's, with one INFO line, so an imported model (DANNet's PSPNet,
+    mmseg's ``pspnet_r101_v1c`` with its own normalisation) trains without the user restating them;
+    ``model.pretrained`` goes off with a new architecture (the checkpoint replaces those weights). What the
+    user set on the command line (``cfg.overridden_keys``) stays: a different ``model.name`` there is a
+    one-line UserError naming both architectures.
+    """
+    ref = getattr(cfg.method, "init_checkpoint", None)
+    if not ref:
+        return
+    recorded = checkpoint_model_config(str(ref))
+    if isinstance(recorded.get("segmenter"), str):  # a recipe's wrapper (HRDA): the recipe wraps its segmenter again
+        recorded = {"name": recorded["segmenter"], **(recorded.get("segmenter_options") or {})}
+    name = recorded.get("name")
+    if not isinstance(name, str):
+        return
+    explicit = getattr(cfg, "overridden_keys", frozenset())
+    model = cfg.model
+    if name != model.name and "model.name" in explicit:
+        raise UserError(f"model.name={model.name}, but method.init_checkpoint={ref} holds a {name} model; drop "
+                        "model.name (the checkpoint's architecture is used) or give a checkpoint of that model")
+    architecture = {k: v for k, v in recorded.items() if k not in WRAPPER_KEYS}
+    kept = {k: v for k, v in model.options.items()
+            if k in WRAPPER_KEYS or (name == model.name and k not in architecture)}
+    by_hand = {k: v for k, v in model.options.items() if f"model.options.{k}" in explicit}
+    options = {**kept, **architecture, **by_hand}
+    if name == model.name and options == model.options:
+        return
+    changes = [f"model.name {model.name} -> {name}"] if name != model.name else []
+    changes += [f"model.options.{k}={v!r}" for k, v in options.items() if model.options.get(k) != v]
+    if name != model.name and model.pretrained and "model.pretrained" not in explicit:
+        model.pretrained = False  # the checkpoint replaces the ImageNet weights: nothing to download
+        changes.append("model.pretrained false")
+    model.name, model.options = name, options
+    log.info("method.init_checkpoint=%s: training the architecture it was saved for (%s)", ref, ", ".join(changes))
 
 
 def _thumbnail(rgb: np.ndarray, pred: np.ndarray, label: np.ndarray, height: int = 256) -> tuple[np.ndarray, ...]:

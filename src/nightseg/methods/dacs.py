@@ -162,6 +162,10 @@ class DACS(SegmentationModule):
         probs = self.teacher.predict(x).softmax(dim=1)
         return self.weighted_labels(probs)
 
+    def teacher_label(self, image: torch.Tensor) -> torch.Tensor:
+        """Return the teacher's pseudo label of validation images (as `pseudo_labels` labels target crops)."""
+        return self.pseudo_labels(image)[0]
+
     def weighted_labels(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(argmax label, weight)`` of teacher probabilities ``[B,C,H,W]`` (confidence weight or ones)."""
         pl = self.params.pseudo_label

@@ -11,7 +11,8 @@ strategies. The whole training step is `DAFormer.training_step` below.
 2. **Thing-class ImageNet feature distance** (Sec. 3.5, Eq. 7-8): the distance between the bottleneck
    features of the student and of a frozen copy of the ImageNet encoder on the source image, over the
    cells whose downscaled label is a thing class, weighted by ``lambda_FD = 0.005``. It needs ImageNet
-   weights: with ``model.pretrained: false`` it is off, with a one-line warning.
+   weights: ``model.pretrained: true`` (downloaded) or ``model.encoder_weights: FILE`` (a local ImageNet
+   file, e.g. NVlabs' ``mit_b5.pth`` as DAFormer uses); without either it is off, with a one-line warning.
 3. **Learning-rate warm-up** (Sec. 3.6): linear over ``optim.warmup_steps`` (1500), then poly decay; the
    decoder trains with 10 times the encoder's learning rate (``head_lr_mult``, AdamW).
 
@@ -79,7 +80,8 @@ class DAFormer(DACS):
 
     def before_init_checkpoint(self) -> None:
         """Keep a frozen copy of the ImageNet encoder for the feature distance, taken before any
-        ``init_checkpoint`` replaces the weights; off (one warning) without ImageNet weights."""
+        ``init_checkpoint`` replaces the weights (the encoder ``model.pretrained`` downloaded or
+        ``model.encoder_weights`` loaded); off (one warning) without ImageNet weights."""
         fd = self.params.feature_distance
         self.imnet: nn.Module | None = None
         try:
@@ -88,9 +90,9 @@ class DAFormer(DACS):
             raise UserError(f"method.feature_distance.classes: {exc}") from None
         if not fd.enabled:
             return
-        if not self.cfg.model.pretrained:
-            log.warning("%s: feature distance off: model.pretrained is false, so there is no ImageNet encoder "
-                        "to keep the features close to", self.cfg.recipe)
+        if not (self.cfg.model.pretrained or self.cfg.model.encoder_weights):
+            log.warning("%s: feature distance off: model.pretrained is false and no model.encoder_weights file is "
+                        "given, so there is no ImageNet encoder to keep the features close to", self.cfg.recipe)
             return
         if not hasattr(self.model, "backbone") or not hasattr(self.model, "encode"):
             raise UserError(f"model.name={self.cfg.model.name}: the feature distance needs a segmenter with an "

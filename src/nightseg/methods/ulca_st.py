@@ -83,6 +83,11 @@ class ULCAST(ULCA):
             raise UserError(f"method.consistency.shared_forward={cfg.method.consistency.shared_forward}: ulca_st "
                             "implements ULCA's default 'weak' only")
 
+    def teacher_label(self, image: torch.Tensor) -> torch.Tensor:
+        """Return the teacher's night label of relit validation images. Validation has no day image, so this
+        is the dynamic-class half of the training label (its static classes are day-corrected in training)."""
+        return self.teacher.predict(self.relit(image)).argmax(dim=1)
+
     def teacher_labels(self, relit_night: torch.Tensor, relit_day: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the teacher's night label ``[B,H,W]`` (all classes) and its confidence weight ``[B,H,W]``."""

@@ -9,13 +9,17 @@
   OpenMMLab mmsegmentation's PSPNet / DeepLab v3+ "-D8" models (same key layout as mmseg's backbone).
 
 ImageNet weights are fetched only when asked (`pretrained=True`); `fetch_weights` turns a failed
-download into a `UserError` that says where to put the file by hand.
+download into a `UserError` that says where to put the file by hand. Inside `imagenet_weights_from(loader)`
+(``model.encoder_weights: FILE``, see `nightseg.models.pretrained.imagenet`) every encoder built with
+`pretrained=True` takes its ImageNet weights from the loader (a local file) instead of downloading them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 from urllib.error import URLError
 
@@ -27,6 +31,11 @@ from nightseg.core.errors import UserError
 
 DOWNLOAD_ERRORS = (URLError, OSError, RuntimeError, ValueError)
 
+ImageNetLoader = Callable[[nn.Module, str], None]
+"""``loader(module, family)`` loads ImageNet weights into `module` (a torchvision classifier, an smp encoder or
+`ResNetV1cBackbone`); `family` names the encoder (``resnet50``, ``resnet50_v1c``, ``mit_b0``, ``mobilenet_v3_large``)."""
+_LOCAL_IMAGENET: contextvars.ContextVar[ImageNetLoader | None] = contextvars.ContextVar("imagenet_loader", default=None)
+
 
 def fetch_weights(fetch: Callable[[], Any], what: str, where: str) -> Any:
     """Return ``fetch()``; a network/cache failure becomes a UserError naming `what` and `where` to put it."""
@@ -35,8 +44,38 @@ def fetch_weights(fetch: Callable[[], Any], what: str, where: str) -> Any:
     except DOWNLOAD_ERRORS as exc:
         raise UserError(
             f"{what}: ImageNet weights could not be downloaded ({type(exc).__name__}: {exc}); "
-            f"go online once, or copy the file into {where}, or build with pretrained=False"
+            f"go online once, or set model.encoder_weights=FILE (a torchvision/timm/smp ImageNet file you have; "
+            f"docs/pretrained.md), or copy the file into {where}, or build with pretrained=False"
         ) from exc
+
+
+@contextlib.contextmanager
+def imagenet_weights_from(loader: ImageNetLoader) -> Iterator[None]:
+    """While active, encoders built with ``pretrained=True`` load their ImageNet weights with `loader`
+    instead of downloading them (an outer active loader stays in charge of nested uses)."""
+    if _LOCAL_IMAGENET.get() is not None:
+        yield
+        return
+    token = _LOCAL_IMAGENET.set(loader)
+    try:
+        yield
+    finally:
+        _LOCAL_IMAGENET.reset(token)
+
+
+def current_imagenet_loader() -> ImageNetLoader | None:
+    """Return the active local ImageNet loader (`imagenet_weights_from`), None when weights are downloaded."""
+    return _LOCAL_IMAGENET.get()
+
+
+def load_imagenet(module: nn.Module, family: str, download: Callable[[], dict[str, torch.Tensor]]) -> None:
+    """Load the ImageNet weights of encoder `family` into `module`: from the active local loader
+    (`imagenet_weights_from`), else the state dict ``download()`` returns; returns None."""
+    loader = _LOCAL_IMAGENET.get()
+    if loader is not None:
+        loader(module, family)
+    else:
+        module.load_state_dict(download())
 
 
 def _torchvision_state_dict(weights: torchvision.models.WeightsEnum) -> dict[str, torch.Tensor]:
@@ -93,7 +132,7 @@ class ResNetBackbone(nn.Module):
         net = builder(weights=None)
         if pretrained:
             weights = getattr(torchvision.models, weights_name).IMAGENET1K_V1
-            net.load_state_dict(_torchvision_state_dict(weights))
+            load_imagenet(net, f"resnet{depth}", lambda: _torchvision_state_dict(weights))
         dilate_resnet(net, output_stride)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layers = nn.ModuleList([getattr(net, f"layer{i}") for i in range(1, stages + 1)])
@@ -115,9 +154,10 @@ class ResNetV1cBackbone(ResNetBackbone):
     each with BN + ReLU, then max pooling) instead of the 7x7 conv, else torchvision's bottlenecks (stride on
     the 3x3 conv, as mmseg's ``style="pytorch"``). The D8 dilation scheme of mmseg (``contract_dilation``:
     the first block of a dilated stage keeps the previous dilation) is `dilate_resnet`'s. No ImageNet weights
-    are fetched: these encoders come with a converted mmsegmentation checkpoint."""
+    are downloaded: these encoders come with a converted mmsegmentation checkpoint, or (`pretrained`) from
+    mmcv's ImageNet file given as ``model.encoder_weights``."""
 
-    def __init__(self, depth: int, output_stride: int = 8) -> None:
+    def __init__(self, depth: int, output_stride: int = 8, pretrained: bool = False) -> None:
         super().__init__(depth, output_stride=output_stride, stages=4, pretrained=False)
 
         def conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
@@ -129,6 +169,14 @@ class ResNetV1cBackbone(ResNetBackbone):
         for module in self.stem.modules():  # torchvision's ResNet initialisation
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if pretrained:
+            load_imagenet(self, f"resnet{depth}_v1c", functools.partial(_no_v1c_download, depth))
+
+
+def _no_v1c_download(depth: int) -> dict[str, torch.Tensor]:
+    raise UserError(f"ResNet-{depth}-V1c: its ImageNet weights are not downloaded; set model.encoder_weights=FILE "
+                    f"(mmcv's resnet{depth}_v1c ImageNet .pth) or start from an imported mmsegmentation checkpoint "
+                    "(method.init_checkpoint) with model.pretrained: false")
 
 
 @functools.cache
@@ -167,14 +215,13 @@ class MiTBackbone(nn.Module):
         from segmentation_models_pytorch.encoders.mix_transformer import Attention
 
         name = f"mit_{variant}"
+        self.encoder = get_encoder(name, in_channels=3, depth=5, weights=None)
         if pretrained:
-            self.encoder = fetch_weights(
-                lambda: get_encoder(name, in_channels=3, depth=5, weights="imagenet"),
+            load_imagenet(self.encoder, name, lambda: fetch_weights(
+                lambda: get_encoder(name, in_channels=3, depth=5, weights="imagenet").state_dict(),
                 f"smp-hub/{name}.imagenet",
                 "the Hugging Face hub cache (~/.cache/huggingface/hub, or $HF_HOME/hub)",
-            )
-        else:
-            self.encoder = get_encoder(name, in_channels=3, depth=5, weights=None)
+            ))
         # smp reports [input, dummy(0 channels), s4, s8, s16, s32]; keep the four real stages.
         self.channels = list(self.encoder.out_channels[2:])
         if layer_norm_eps is not None:
@@ -203,7 +250,7 @@ class MobileNetV3Backbone(nn.Module):
         net = torchvision.models.mobilenet_v3_large(weights=None, dilated=True)
         if pretrained:
             weights = torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V1
-            net.load_state_dict(_torchvision_state_dict(weights))
+            load_imagenet(net, "mobilenet_v3_large", lambda: _torchvision_state_dict(weights))
         blocks = net.features
         stage_starts = (
             [0] + [i for i, b in enumerate(blocks) if getattr(b, "_is_cn", False)] + [len(blocks) - 1]

@@ -15,11 +15,14 @@ Semantic Segmentation", CVPR 2021), written here from the description of its rel
   align_corners=True: the ``class_prior_std`` option and the segmenter's ``align_corners``.
 
 ``dannet_pspnet(num_classes, pretrained=False, light=False, class_prior_std=None)`` is the factory that a
-checkpoint's ``model`` metadata names (``nightseg.models.dannet:dannet_pspnet``).
+checkpoint's ``model`` metadata names (``nightseg.models.dannet:dannet_pspnet``). DANNet's DeepLab-v2 and
+RefineNet (`nightseg.models.dannet_deeplab`, `nightseg.models.dannet_refinenet`) share `DANNetSegmenter`
+(LightNet in front, class weights, upsampling) and `dannet_config` with it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -80,12 +83,32 @@ class DANNetResNet(nn.Module):
         """Return [layer1, layer2, layer3, layer4] features of a normalised image batch."""
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.relu(self.bn2(self.conv2(x)))
-        x = self.maxpool(self.relu(self.bn3(self.conv3(x))))
-        features = []
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = layer(x)
-            features.append(x)
-        return features
+        return run_stages(self, self.maxpool(self.relu(self.bn3(self.conv3(x)))))
+
+
+def projected_stages(layers: Sequence[int], width: int, strides: Sequence[int],
+                     block: Callable[[int, int, int, int, nn.Module | None], nn.Module]) -> list[nn.Sequential]:
+    """Return ResNet's four bottleneck stages (``layers[i]`` blocks of ``width * 2**i`` planes, expansion 4) as
+    DANNet's DeepLab-v2 and RefineNet encoders build them: the first block of each stage projects with a 1x1
+    conv of stride ``strides[i]`` + BN. ``block(inplanes, planes, stage, stride, downsample)`` builds one
+    block (stride 1 and ``downsample`` None after the first)."""
+    stages, inplanes = [], width
+    for i, (blocks, stride) in enumerate(zip(layers, strides, strict=True)):
+        planes = width * 2**i
+        downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
+        stages.append(nn.Sequential(block(inplanes, planes, i, stride, downsample),
+                                    *(block(planes * 4, planes, i, 1, None) for _ in range(1, blocks))))
+        inplanes = planes * 4
+    return stages
+
+
+def run_stages(encoder: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Return the outputs of ``encoder.layer1`` .. ``layer4`` applied in turn to the stem's output `x`."""
+    features = []
+    for layer in (encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4):
+        x = layer(x)
+        features.append(x)
+    return features
 
 
 class DANNetPSPModule(nn.Module):
@@ -154,15 +177,19 @@ class LightNet(nn.Module):
         return self.model(x)
 
 
-class DANNetPSPNet(Segmenter):
-    """DANNet's PSPNet, optionally with its LightNet in front and its test-time class weighting."""
+class DANNetSegmenter(Segmenter):
+    """What DANNet's three networks share at test time (its evaluate.py): the image normalised with ImageNet
+    mean/std, optionally LightNet's r added to it, the logits multiplied by its class weights, then upsampled
+    with align_corners=True. Subclasses give the backbone (a feature list) and the head (logits)."""
 
-    def __init__(self, num_classes: int, light: bool, class_prior_std: float | None, config: dict) -> None:
-        super().__init__(DANNetResNet(), DANNetHead(num_classes), config)
+    def __init__(self, backbone: nn.Module, head: nn.Module, light: bool, class_prior_std: float | None,
+                 config: dict) -> None:
+        super().__init__(backbone, head, config)
+        num_classes = int(config["num_classes"])
         self.light = LightNet() if light else None
-        weights = class_prior_weights(class_prior_std) if class_prior_std is not None else torch.ones(num_classes)
         if class_prior_std is not None and num_classes != len(CITYSCAPES_FREQUENCIES):
             raise UserError(f"class_prior_std needs Cityscapes' 19 classes, not {num_classes}")
+        weights = class_prior_weights(class_prior_std) if class_prior_std is not None else torch.ones(num_classes)
         self.register_buffer("class_weights", weights.view(1, -1, 1, 1), persistent=False)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -182,14 +209,30 @@ class DANNetPSPNet(Segmenter):
         return logits
 
 
-def dannet_pspnet(num_classes: int = 19, pretrained: bool = False, light: bool = False,
-                  class_prior_std: float | None = None, **_: Any) -> DANNetPSPNet:
-    """Return DANNet's PSPNet (see the module docstring); its weights come from `nightseg import` only."""
+class DANNetPSPNet(DANNetSegmenter):
+    """DANNet's PSPNet, optionally with its LightNet in front and its test-time class weighting."""
+
+    def __init__(self, num_classes: int, light: bool, class_prior_std: float | None, config: dict) -> None:
+        super().__init__(DANNetResNet(), DANNetHead(num_classes), light, class_prior_std, config)
+
+
+def dannet_config(factory: str, num_classes: int, pretrained: bool, light: bool,
+                  class_prior_std: float | None) -> dict[str, Any]:
+    """Return the ``model`` config of one of DANNet's networks (the factory's keyword arguments); a UserError
+    for ``pretrained: true``, since their weights come from DANNet's release through `nightseg import`."""
     if pretrained:
-        raise UserError("dannet_pspnet: its weights come from DANNet's release (`nightseg import FILE.pth`); "
+        name = factory.rsplit(":", 1)[-1]
+        raise UserError(f"{name}: its weights come from DANNet's release (`nightseg import FILE.pth`); "
                         "set model.pretrained: false")
-    config: dict[str, Any] = {"name": FACTORY, "num_classes": int(num_classes), "light": bool(light),
+    config: dict[str, Any] = {"name": factory, "num_classes": int(num_classes), "light": bool(light),
                               "align_corners": True}
     if class_prior_std is not None:
         config["class_prior_std"] = float(class_prior_std)
+    return config
+
+
+def dannet_pspnet(num_classes: int = 19, pretrained: bool = False, light: bool = False,
+                  class_prior_std: float | None = None, **_: Any) -> DANNetPSPNet:
+    """Return DANNet's PSPNet (see the module docstring); its weights come from `nightseg import` only."""
+    config = dannet_config(FACTORY, num_classes, pretrained, light, class_prior_std)
     return DANNetPSPNet(int(num_classes), bool(light), class_prior_std, config)

@@ -152,10 +152,8 @@ def _segformer(variant: str) -> Callable[..., tuple[nn.Module, nn.Module]]:
 
 def _mmseg_resnet(depth: int, head: str) -> Callable[[int, bool], tuple[nn.Module, nn.Module]]:
     def build(num_classes: int, pretrained: bool) -> tuple[nn.Module, nn.Module]:
-        if pretrained:
-            raise UserError(f"{head}_r{depth}_v1c: its weights come from an imported mmsegmentation checkpoint "
-                            "(`nightseg import FILE.pth`); set model.pretrained: false")
-        backbone = ResNetV1cBackbone(depth, output_stride=8)
+        # pretrained: mmcv's ImageNet file through model.encoder_weights (never downloaded; else a UserError)
+        backbone = ResNetV1cBackbone(depth, output_stride=8, pretrained=pretrained)
         if head == "pspnet":
             return backbone, PyramidPoolingHead(backbone.channels[-1], num_classes)
         return backbone, SeparableASPPHead(backbone.channels[-1], backbone.channels[0], num_classes)

@@ -18,6 +18,19 @@ from nightseg.evaluation.uncertainty import UncertaintyConfusion
 from nightseg.inference import Predictor
 
 
+def inference_settings(segmenter: Predictor) -> dict[str, Any]:
+    """Return how `segmenter` actually runs, for a report's settings: ``backend``, ``sliding`` (False for
+    whole-image inference, else ``{"window", "stride", "blend"}``: also when it came from an imported
+    checkpoint's metadata rather than ``--sliding``) and ``tta`` (``"none"`` or e.g. ``"flip,0.75,1,1.25"``)."""
+    sliding: bool | dict[str, Any] = False
+    if segmenter.sliding is not None:
+        sw = segmenter.sliding
+        sliding = {"window": list(sw.window), "stride": list(sw.stride), "blend": sw.blend}
+    tta = segmenter.tta
+    spec = ",".join((["flip"] if tta.flip else []) + ([f"{s:g}" for s in tta.scales] if tuple(tta.scales) != (1.0,) else []))
+    return {"backend": segmenter.backend, "sliding": sliding, "tta": spec or "none"}
+
+
 def evaluate_dataset(
     segmenter: Predictor,
     dataset: Any,

@@ -5,7 +5,7 @@
 | ``hf`` | `hf_segformer` | a Hugging Face ``transformers`` SegFormer folder (config.json + weights) |
 | ``smp`` | `smp_hub` | a segmentation_models_pytorch hub folder (``smp.from_pretrained`` layout) |
 | ``mmseg`` | `mmseg` | an OpenMMLab mmsegmentation ``.pth`` (``state_dict`` + ``meta``), or NVlabs SegFormer |
-| ``dannet`` | `dannet` | DANNet's PSPNet ``.pth``, or a folder with its PSPNet + LightNet (the adapted release) |
+| ``dannet`` | `dannet` | DANNet's PSPNet / DeepLab-v2 / RefineNet ``.pth`` (+ ``NAME_light.pth``: adapted release) |
 
 `import_checkpoint(ref)` detects the format (or takes ``fmt``), converts, fixes the class order and
 returns a `Converted` (tensors + metadata with the source, licence note, classes and preprocessing).
