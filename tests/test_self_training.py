@@ -16,7 +16,7 @@ from torch import nn
 
 from nightseg.core.classes import CLASS_NAMES, IGNORE_INDEX
 from nightseg.core.config import load_config
-from nightseg.data.photometric import MixAugmentConfig, mix_augment
+from nightseg.data.photometric import MixAugmentConfig, fourier_style, mix_augment
 from nightseg.data.rare_class import RareClassSampling, rcs_probabilities
 from nightseg.data.streams import StepStreams
 from nightseg.methods.self_training import (
@@ -135,6 +135,18 @@ def test_mix_augment_is_seeded_and_identity_when_off():
     assert torch.allclose(off, x, atol=1e-6)
 
 
+def test_fourier_style_moves_the_low_frequencies_only_by_hand():
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2  # the highest frequency only
+    x = (0.2 + 0.2 * checker).float().expand(1, 3, 8, 8)  # mean 0.3 + 0.1 * (+-1)
+    style = torch.tensor([0.7, 0.5, 0.1]).view(1, 3, 1, 1).expand(1, 3, 8, 8)
+    out = fourier_style(x, style, beta=0.125)  # b = 1: DC and the +-1 frequencies, not the checkerboard
+    expected = torch.tensor([0.7, 0.5, 0.1]).view(1, 3, 1, 1) + 0.1 * (2 * checker.float() - 1)
+    assert torch.allclose(out, expected.clamp(0, 1), atol=1e-6)
+    assert torch.equal(fourier_style(x, style, beta=0.1), x)  # floor(0.1 * 8) = 0: unchanged
+    with pytest.raises(ValueError, match="equal shapes"):
+        fourier_style(x, style[..., :4], beta=0.125)
+
+
 # --------------------------------------------------------------------------------------------- DAFormer
 def test_rare_class_probabilities_by_hand():
     probs = rcs_probabilities(torch.tensor([50.0, 30.0, 20.0, 0.0]), temperature=0.1)
@@ -248,13 +260,14 @@ def relight_file(tmp_path_factory) -> Path:
     return path
 
 
-def recipe_config(name: str, root: Path, relight: Path, **train):
+def recipe_config(name: str, root: Path, relight: Path, extra: tuple | list = (), **train):
     """The CPU config of `name` on the tiny synthetic set: pspnet_nano, 48x48 crops, one thread."""
     overrides = [f"data.root={root}", "data.workers=0", "model.name=pspnet_nano",
                  "data.source.crop=[48,48]", "data.source.scale=[1.0,1.0]", "data.target.crop=[48,64]",
                  "data.target.scale=[1.0,1.0]", "train.progress=false", "train.log_every=1", "train.cpu_threads=1",
                  "train.max_steps=2", "train.val_every=0", "train.state_every=100"]
     overrides += [f"train.{k}={v}" for k, v in train.items()]
+    overrides += list(extra)
     if name == "hrda":
         overrides += ["method.multi_resolution.detail_crop=[32,32]", "method.multi_resolution.detail_stride=[16,16]"]
     if name == "mic":  # weight 1: an untrained teacher has no pixel above 0.968, so q = 0 would hide the term
@@ -300,6 +313,24 @@ def test_recipe_trains_two_steps_with_finite_losses(name, tmp_path, synthetic_se
         net = model_from_config(meta["model"], path)
         load_state_into(net, tensors, path)
         assert net.config["segmenter"] == "pspnet_nano" and any(k.startswith("attention.") for k in tensors)
+
+
+def test_ulca_st_fda_paste_changes_only_the_teacher_term(tmp_path, synthetic_set, relight_file):
+    """paste_style=fda night-styles the pasted objects of L_st's NightMix and nothing else: same draws, so L_seg
+    and the teacher's confidence weight of step 0 are equal to the default's, L_st is not."""
+    from nightseg.engine import train
+
+    data = synthetic_set(COUNTS)
+    rows = {}
+    for style in ("day", "fda"):
+        cfg = recipe_config("ulca_st", data, relight_file, extra=[f"method.self_training.paste_style={style}"])
+        assert cfg.method.self_training.paste_style == style
+        train(cfg, tmp_path / style)
+        rows[style] = csv_losses(tmp_path / style)[0]
+    day, fda = rows["day"], rows["fda"]
+    assert float(day["train/seg"]) == pytest.approx(float(fda["train/seg"]), abs=1e-6)
+    assert float(day["train/pl_weight"]) == pytest.approx(float(fda["train/pl_weight"]), abs=1e-6)
+    assert abs(float(day["train/st"]) - float(fda["train/st"])) > 1e-4
 
 
 def test_validation_scores_the_teachers_pseudo_labels_per_class(tmp_path, synthetic_set, relight_file):

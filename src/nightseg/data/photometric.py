@@ -218,3 +218,31 @@ def mix_augment(x: torch.Tensor, generator: torch.Generator, config: MixAugmentC
     sigma = _gate(_uniform(b, config.blur_sigma, generator), config.blur_p, 0.0, generator)
     out = gaussian_blur(out, sigma)
     return out[0] if single else out
+
+
+# ---------------------------------------------------------------------------------------------- FDA
+def fourier_style(x: torch.Tensor, style: torch.Tensor, beta: float) -> torch.Tensor:
+    """Return `x` ``[B,3,H,W]`` in [0,1] with the low-frequency amplitude of `style` (same shape): FDA
+    (Yang & Soatto, CVPR 2020, Eq. 1-2), ``x' = F^-1([M_beta * |F(style)| + (1 - M_beta) * |F(x)|, phase(F(x))])``.
+
+    M_beta is FDA's window: the ``b x b`` corners of the unshifted spectrum (the lowest positive and
+    negative frequencies, DC included) with ``b = floor(beta * min(H, W))``, as in FDA's code. The global
+    brightness and colour cast of `style` move onto `x` while its edges (the phase) stay; ``beta = 0`` or
+    ``b = 0`` returns `x` unchanged. The result is clamped to [0, 1].
+    """
+    if x.shape != style.shape:
+        raise ValueError(f"fourier_style needs equal shapes, got {tuple(x.shape)} and {tuple(style.shape)}")
+    h, w = x.shape[-2:]
+    b = math.floor(beta * min(h, w))
+    if b <= 0:
+        return x
+    fx = torch.fft.fft2(x.float())
+    amplitude, phase = fx.abs(), fx.angle()
+    target = torch.fft.fft2(style.float()).abs()
+    window = torch.zeros(h, w, dtype=torch.bool, device=x.device)
+    for rows in (slice(0, b), slice(h - b, h)):
+        for cols in (slice(0, b), slice(w - b, w)):
+            window[rows, cols] = True
+    amplitude = torch.where(window, target, amplitude)
+    out = torch.fft.ifft2(torch.polar(amplitude, phase)).real
+    return out.clamp(0.0, 1.0).to(x.dtype)

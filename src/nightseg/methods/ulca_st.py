@@ -21,6 +21,10 @@ the relit night image B_n, with cross attention to its own features of the day i
   jittered and blurred as DACS's, at ``lambda_st = 1``; it replaces ULCA's student-labelled L_mix (which is
   then off). ``night`` trains on the colour-jittered B_n itself (cross attention to the day features) and
   keeps ULCA's L_mix as configured.
+* **Paste style** (``self_training.paste_style``, NightMix input only): ``day`` (default) pastes A's objects as
+  they are; ``fda`` first gives A the low-frequency amplitude of the night image (FDA), so the truly labelled
+  pasted objects carry the night's brightness and colour cast (the dynamic classes are the ones no teacher
+  labels at night).
 * The static loss, its day-corrected label, the consistency term and the cross attention are ULCA's.
 """
 
@@ -33,7 +37,13 @@ import torch
 
 from nightseg.core.config import Config
 from nightseg.core.errors import UserError
-from nightseg.data.photometric import MixAugmentConfig, mix_augment, strong_augment, weak_augment
+from nightseg.data.photometric import (
+    MixAugmentConfig,
+    fourier_style,
+    mix_augment,
+    strong_augment,
+    weak_augment,
+)
 from nightseg.losses.segmentation import consistency_kl, static_loss, weighted_cross_entropy
 from nightseg.methods.base import masked_label
 from nightseg.methods.nightmix import match_size, nightmix
@@ -58,6 +68,11 @@ class SelfTrainingParams:
     augment: bool = True
     """Colour jitter + blur of the input (DACS's), strength `strength`."""
     strength: float = 0.25
+    paste_style: Literal["day", "fda"] = "day"
+    """NightMix input only: paste A's objects as they are (``day``) or night-styled first with FDA, the low
+    frequencies of the night image's amplitude spectrum (``fda``, `nightseg.data.photometric.fourier_style`),
+    before relighting, so that the pasted, truly labelled objects look like night objects."""
+    fda_beta: float = 0.05
 
 
 @dataclass
@@ -171,8 +186,14 @@ class ULCAST(ULCA):
             truth = masked_label(target) if "label" in target and target["label"].shape == label_t.shape else None
             terms.update(pseudo_label_accuracy(label_t, truth))
             if st.input == "nightmix":
-                crop, crop_label = match_size(relit_clean, label_t, tuple(relit_a.shape[-2:]), gen)
-                image, label, mask = nightmix(relit_a, label_a, crop, crop_label, self.hard, gen)
+                # the raw night crop rides along for FDA; the draws are those of cropping relit_clean alone
+                both, crop_label = match_size(torch.cat([relit_clean, night], 1), label_t,
+                                              tuple(relit_a.shape[-2:]), gen)
+                crop, night_crop = both[:, :3], both[:, 3:]
+                pasted = relit_a
+                if st.paste_style == "fda":
+                    pasted = self.relit(fourier_style(image_a, night_crop, st.fda_beta))
+                image, label, mask = nightmix(pasted, label_a, crop, crop_label, self.hard, gen)
                 weight = torch.where(mask, torch.ones((), device=mask.device), weight_t.mean())  # q: one share per batch
                 policy = {"policy": p.cross_attention.unpaired}
                 terms["mix_share"] = mask.float().mean()
