@@ -240,10 +240,12 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps({"steps": steps, "seeds": args.seeds,
                                                    "relight": str(relight), "results": results}, indent=1))
     print(f"\n{len(args.seeds)} seeds; steps {steps}; mean ± std of IoU in %\n")
-    print("| method | night mIoU | night mEF1 | day mIoU |\n|---|---|---|---|")
+    print("| method | night mIoU | gap closed (%) | night mEF1 | day mIoU |\n|---|---|---|---|---|")
     for row in [r for r in ROWS if r in results]:
         runs = list(results[row].values())
-        print(f"| {ROWS[row][1]} | {_mean_std([r['night']['mIoU'] for r in runs])} "
+        shares = gap_closed_per_seed(results, row) if {"source_only", "oracle"} <= set(results) else []
+        closed = _mean_std([v / 100 for v in shares]) if row not in ("source_only", "oracle") else "-"
+        print(f"| {ROWS[row][1]} | {_mean_std([r['night']['mIoU'] for r in runs])} | {closed} "
               f"| {_mean_std([r['night']['exposure']['mEF1'] for r in runs])} "
               f"| {_mean_std([r['day']['mIoU'] for r in runs])} |")
     if any(row in results for row in SELF_TRAINING):

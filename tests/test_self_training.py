@@ -497,3 +497,26 @@ def test_kill_and_resume_gives_identical_student_and_teacher(name, tmp_path, run
     assert any("teacher" in k for k in a) and sorted(a) == sorted(b)
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs after kill and resume"
+
+
+def test_benchmark_report_gap_shares_and_dynamic_classes_by_hand():
+    """bench/synthetic_benchmark.py's issue-20 lines: each seed's share of its own source-to-oracle gap, and
+    the dynamic classes a row leaves at or below the source model."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("synthetic_benchmark", REPO / "bench" / "synthetic_benchmark.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def scores(miou: float, car: float, bus: float) -> dict:
+        return {"night": {"mIoU": miou, "per_class": {"car": {"iou": car}, "bus": {"iou": bus}}}}
+
+    results = {"source_only": {0: scores(0.10, 0.5, 0.1), 1: scores(0.20, 0.5, 0.1)},
+               "oracle": {0: scores(0.30, 0.8, 0.5), 1: scores(0.40, 0.8, 0.5)},
+               "dacs": {0: scores(0.25, 0.6, 0.1), 1: scores(0.25, 0.7, 0.0)}}
+    assert bench.gap_closed_per_seed(results, "dacs") == pytest.approx([75.0, 25.0])  # 0.15/0.2, 0.05/0.2
+    report = bench.self_training_targets(results)
+    # means: source 0.15, oracle 0.35, dacs 0.25 -> 50 % of the mean gap; bus 5.0 <= 10.0, car 65 > 50
+    assert "dacs: +10.0 mIoU, 50 % of the gap closed (per seed: 75, 25 %)" in report
+    assert "dynamic classes not above source: bus 5.0 <= 10.0" in report
+    assert "best recipe dacs closes 50 %" in report
