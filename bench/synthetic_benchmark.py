@@ -58,19 +58,23 @@ ROWS = {
     "ulca_st_night": ("cpu/ulca_st.yaml", "ulca_st, teacher term on the night image (ULCA's L_mix kept)"),
     "ulca_st_teacher": ("cpu/ulca_st.yaml", "ulca_st, teacher labels without the day correction"),
     "ulca_st_fda": ("cpu/ulca_st.yaml", "ulca_st, pasted objects night-styled with FDA"),
+    "ulca_st_translate": ("cpu/ulca_st.yaml", "ulca_st, pasted objects rendered at night by a CycleGAN"),
     # the DAFormer family at DAFormer's own fine-tuning learning rate (the CPU configs' 6e-4 trains from scratch)
     "daformer_lr": ("cpu/daformer.yaml", "DAFormer, AdamW lr 6e-5 (the paper's)"),
     "mic_lr": ("cpu/mic.yaml", "MIC, AdamW lr 6e-5 (the paper's)"),
 }
 SELF_TRAINING = ("dacs", "daformer", "mic", "hrda", "ulca_st", "ulca_st_night", "ulca_st_teacher", "ulca_st_fda",
-                 "daformer_lr", "mic_lr")
+                 "ulca_st_translate", "daformer_lr", "mic_lr")
 ROW_OVERRIDES = {"full_qk_full": ["method.cross_attention.qk_channels=full"],
                  "full_qk_reduced": ["method.cross_attention.qk_channels=reduced"],
                  "ulca_st_night": ["method.self_training.input=night"],
                  "ulca_st_teacher": ["method.self_training.label=teacher"],
                  "ulca_st_fda": ["method.self_training.paste_style=fda"],
+                 "ulca_st_translate": ["method.self_training.paste_style=translate"],
                  "daformer_lr": ["optim.lr=6.0e-5"], "mic_lr": ["optim.lr=6.0e-5"]}
 """Config overrides of a row on top of its config (after ``--override``)."""
+NEEDS_TRANSLATOR = ("ulca_st_translate",)
+"""Rows that paste source objects rendered at night by the benchmark's CycleGAN (`train_translator_on_set`)."""
 FINE_TUNES = {"relight_static": "source_only", "nightmix": "source_only", "consistency": "source_only",
               "full": "source_only", "source_longer": "source_only", "oracle_longer": "oracle",
               "full_qk_full": "source_only", "full_qk_reduced": "source_only",
@@ -87,7 +91,7 @@ OFFICIAL_DCE = Path(__file__).resolve().parents[1].parent / "shared" / "realdata
 
 
 def _job(args: tuple) -> tuple[str, int, dict]:
-    row, seed, data, out, steps, relight, extra = args  # steps: {"supervised": n, "ulca": n}
+    row, seed, data, out, steps, relight, translator, extra = args  # steps: {"supervised": n, "ulca": n}
     import torch
 
     torch.set_num_threads(1)
@@ -108,6 +112,8 @@ def _job(args: tuple) -> tuple[str, int, dict]:
         overrides.append(f"method.init_checkpoint={start}")
     if "ulca" in config:  # ulca_st too
         overrides.append(f"method.relight.weights={relight}")
+    if row in NEEDS_TRANSLATOR:
+        overrides.append(f"method.self_training.translator={translator}")
     ckpt = train_recipe(config, Path(data), run_dir, _budget(row, steps), seed, overrides)
     scores = {"night": score_checkpoint(ckpt, "dark_zurich", Path(data) / "dark_zurich"),
               "day": score_checkpoint(ckpt, "cityscapes", Path(data) / "cityscapes")}
@@ -189,6 +195,28 @@ def self_training_targets(results: dict) -> str:
     return "\n".join(lines)
 
 
+def train_translator_on_set(data: Path, out: Path, steps: int = 1200) -> Path:
+    """Return the day->night translator for `NEEDS_TRANSLATOR` rows: a CycleGAN (16 base channels, 6 residual
+    blocks, PatchGAN 32, seed 0) trained (or resumed) on the set's unpaired day train images and night train
+    frames, at the frames' size with random half-size crops, in ``out``; the same as
+
+        nightseg translate train --day DATA/cityscapes/leftImg8bit/train --night DATA/dark_zurich/rgb_anon/train/night
+            --out OUT --steps 1200 --size HxW --crop H/2xW/2 --channels 16 --blocks 6 --disc-channels 32 --seed 0
+    """
+    from PIL import Image
+
+    from nightseg.core.io import list_images
+    from nightseg.pipelines.translation import TranslatorSettings, train_translator, translator_path
+
+    day = list_images(data / "cityscapes" / "leftImg8bit" / "train")
+    width, height = Image.open(day[0]).size
+    s = TranslatorSettings(steps=steps, size=(height, width), crop=(height // 2, width // 2), channels=16, blocks=6,
+                           disc_channels=32, seed=0)
+    train_translator(day, list_images(data / "dark_zurich" / "rgb_anon" / "train" / "night"), out, s,
+                     resume=True, sample_every=200, save_every=50)
+    return translator_path(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/benchmark")
@@ -216,6 +244,7 @@ def main() -> None:
         relight = train_relight_on_night(data, out / "relight", plan.relight_epochs, 0)
     steps = {"supervised": args.steps or plan.steps["source_only"], "ulca": args.ulca_steps or plan.steps["ulca"]}
     rows = [r for r in args.rows if r != "source_only"]
+    translator = train_translator_on_set(data, out / "translator") if set(rows) & set(NEEDS_TRANSLATOR) else None
     # phase 1: source-only (every ULCA row starts from it) and the oracle; phase 2: the ULCA rows
     phases = [["source_only"] + [r for r in rows if r not in FINE_TUNES], [r for r in rows if r in FINE_TUNES]]
     if "oracle_longer" in rows and "oracle" not in rows:
@@ -231,7 +260,7 @@ def main() -> None:
     results: dict[str, dict[int, dict]] = {}
     with mp.get_context("spawn").Pool(args.jobs) as pool:
         for phase in phases:
-            jobs = [(row, seed, str(data), str(out), steps, str(relight), args.override)
+            jobs = [(row, seed, str(data), str(out), steps, str(relight), str(translator), args.override)
                     for seed in args.seeds for row in phase]
             for row, seed, scores in pool.imap_unordered(_job, jobs):
                 results.setdefault(row, {})[seed] = scores

@@ -333,6 +333,41 @@ def test_ulca_st_fda_paste_changes_only_the_teacher_term(tmp_path, synthetic_set
     assert abs(float(day["train/st"]) - float(fda["train/st"])) > 1e-4
 
 
+def test_ulca_st_translate_paste_renders_the_pasted_objects_with_the_day2night_generator(
+        tmp_path, synthetic_set, relight_file, monkeypatch):
+    """paste_style=translate pastes G_day2night(A): with a trained generator only L_st changes (same draws, so
+    L_seg and the teacher's weight of step 0 are the default's); with the generator replaced by the identity,
+    L_st is exactly the default's, so nothing else in the step depends on the switch. The generator is frozen
+    and stays out of the exported checkpoint; a missing translator is one line naming the key."""
+    import nightseg.methods.ulca_st as ulca_st
+    from nightseg.core.errors import UserError
+    from nightseg.engine import train
+    from nightseg.pipelines.translation import CycleGAN, TranslatorSettings, save_translator
+
+    data = synthetic_set(COUNTS)
+    settings = TranslatorSettings(steps=1, channels=4, blocks=1, disc_channels=4, seed=0)
+    path = save_translator(CycleGAN(settings), tmp_path / "translator.safetensors", settings, {"steps_done": 0})
+    translate = ["method.self_training.paste_style=translate", f"method.self_training.translator={path}"]
+    rows = {}
+    for name, extra in (("day", []), ("translate", translate)):
+        train(recipe_config("ulca_st", data, relight_file, extra=extra), tmp_path / name)
+        rows[name] = csv_losses(tmp_path / name)[0]
+    day, translated = rows["day"], rows["translate"]
+    assert float(day["train/seg"]) == pytest.approx(float(translated["train/seg"]), abs=1e-6)
+    assert float(day["train/pl_weight"]) == pytest.approx(float(translated["train/pl_weight"]), abs=1e-6)
+    assert abs(float(day["train/st"]) - float(translated["train/st"])) > 1e-4
+    exported = load_file(str(tmp_path / "translate" / "checkpoints" / "last.safetensors"))
+    assert not any(k.startswith("translator.") for k in exported)
+
+    monkeypatch.setattr(ulca_st, "load_translator", lambda *_: nn.Identity())
+    train(recipe_config("ulca_st", data, relight_file, extra=translate), tmp_path / "identity")
+    identity = csv_losses(tmp_path / "identity")[0]
+    assert float(identity["train/st"]) == pytest.approx(float(day["train/st"]), abs=1e-6)
+
+    with pytest.raises(UserError, match="method.self_training.translator"):
+        ulca_st.build(recipe_config("ulca_st", data, relight_file, extra=translate[:1]))
+
+
 def test_validation_scores_the_teachers_pseudo_labels_per_class(tmp_path, synthetic_set, relight_file):
     """metrics.json's history holds the teacher's per-class accuracy (recall) on night val, equal to the teacher
     weights of the training state run on the val images and counted by hand."""
@@ -520,3 +555,23 @@ def test_benchmark_report_gap_shares_and_dynamic_classes_by_hand():
     assert "dacs: +10.0 mIoU, 50 % of the gap closed (per seed: 75, 25 %)" in report
     assert "dynamic classes not above source: bus 5.0 <= 10.0" in report
     assert "best recipe dacs closes 50 %" in report
+
+
+def test_paste_appearance_statistics_by_hand():
+    """bench/paste_appearance.py: a class's mean HSV value, saturation and |Laplacian| over its pixels, one-pixel
+    border left out, computed by hand on a 4x4 image whose inner 2x2 is one car pixel and three bus pixels."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paste_appearance", REPO / "bench" / "paste_appearance.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    image = torch.zeros(1, 3, 4, 4)
+    image[0, :, 1, 1] = torch.tensor([0.8, 0.4, 0.2])  # the car pixel: V 0.8, S (0.8 - 0.2) / 0.8 = 0.75, grey 1.4/3
+    label = torch.full((1, 4, 4), CLASS_NAMES.index("bus"))
+    label[0, 1, 1] = CLASS_NAMES.index("car")
+    stats = bench.appearance(image, label)
+    grey = 1.4 / 3
+    assert stats["car"] == pytest.approx({"value": 0.8, "saturation": 0.75, "texture": 4 * grey, "pixels": 1})
+    # bus pixels (1,2), (2,1), (2,2): black (V 0, S 0); (1,2) and (2,1) neighbour the car pixel, (2,2) does not
+    assert stats["bus"] == pytest.approx({"value": 0.0, "saturation": 0.0, "texture": 2 * grey / 3, "pixels": 3})
+    assert "road" not in stats

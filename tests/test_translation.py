@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from nightseg.pipelines.translation import (
     discriminator_loss,
     identity_loss,
     lsgan_loss,
+    random_crop,
     train_translator,
     translate_array,
 )
@@ -143,6 +145,35 @@ def test_resumed_training_equals_uninterrupted(data, tmp_path, monkeypatch):
                          progress=False)
 
 
+def test_random_crop_takes_the_drawn_window_of_each_image():
+    """CycleGAN's resize_and_crop: each image's window starts at the offsets drawn (tops, then lefts) from the
+    generator, checked against the same draws made by hand; a crop larger than the image is refused."""
+    images = torch.arange(2 * 3 * 6 * 8, dtype=torch.float32).reshape(2, 3, 6, 8)
+    crops = random_crop(images, (4, 5), torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    tops, lefts = torch.randint(0, 3, (2,), generator=g).tolist(), torch.randint(0, 4, (2,), generator=g).tolist()
+    assert crops.shape == (2, 3, 4, 5)
+    for i in range(2):
+        assert torch.equal(crops[i], images[i, :, tops[i]:tops[i] + 4, lefts[i]:lefts[i] + 5])
+    with pytest.raises(Exception, match="larger than the training size"):
+        random_crop(images, (7, 5), torch.Generator())
+
+
+def test_training_on_crops_saves_the_crop_and_refuses_another_on_resume(data, tmp_path, run_cli):
+    """--crop trains on patches (the sample grids stay whole frames); the crop is a saved setting, and states
+    without it (saved before the option existed) keep their settings unchanged."""
+    day, night = "cityscapes/leftImg8bit/train", "dark_zurich/rgb_anon/train/night"
+    args = ["translate", "train", "--day", data / day, "--night", data / night, "--out", tmp_path, "--steps", "2",
+            "--sample-every", "2", *TINY]
+    assert run_cli(*args, "--crop", "24x48").code == 0
+    assert json.loads((tmp_path / "state" / "state.json").read_text())["state"]["settings"]["crop"] == [24, 48]
+    assert read_image(tmp_path / "samples" / "step_000002.png").shape == (6 * (SIZE[0] + 4), 3 * SIZE[1] + 4, 3)
+    other = run_cli(*args, "--crop", "24x24", "--resume")
+    assert other.code == 2 and "other settings" in other.err
+    too_big = run_cli(*args[:-len(TINY)], *TINY, "--out", tmp_path / "big", "--crop", "64x64")
+    assert too_big.code == 2 and "crop 64x64" in too_big.err
+
+
 @pytest.fixture(scope="module")
 def translator(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from nightseg.cli import main
@@ -160,7 +191,7 @@ def test_train_cli_writes_generators_state_and_samples(translator, data, run_cli
     tensors, meta = load_checkpoint(translator)
     assert meta["model"]["generator"] == {"channels": 8, "blocks": 1} and meta["training"]["steps_done"] == 3
     assert any(k.startswith("G_day2night.") for k in tensors) and any(k.startswith("G_night2day.") for k in tensors)
-    assert (run / "state" / "state.json").is_file()
+    assert "crop" not in json.loads((run / "state" / "state.json").read_text())["state"]["settings"]  # resumable as before
     grid = read_image(run / "samples" / "step_000003.png")
     assert grid.shape == (6 * (SIZE[0] + 4), 3 * SIZE[1] + 4, 3)  # 3 day + 3 night rows, 3 columns
     again = run_cli("translate", "train", "--day", data / "cityscapes" / "leftImg8bit" / "train",

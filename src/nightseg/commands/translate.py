@@ -1,6 +1,6 @@
 """`nightseg translate train|apply|dataset`: day <-> night translation with CycleGAN (See Clearer at Night).
 
-    nightseg translate train --day DIR --night DIR --out RUN [--steps N] [--size HxW] [--channels C]
+    nightseg translate train --day DIR --night DIR --out RUN [--steps N] [--size HxW] [--crop HxW] [--channels C]
                              [--blocks B] [--seed N] [--resume]
     nightseg translate apply --checkpoint RUN/translator.safetensors --direction night2day INPUT... --out DIR
     nightseg translate dataset --checkpoint CKPT --src DATA/cityscapes --out MIX/cityscapes --ratio 0.5
@@ -60,6 +60,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     train.add_argument("--out", type=Path, default=Path("translator"), help="run folder (default ./translator)")
     train.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default {d.steps})")
     train.add_argument("--size", default="x".join(map(str, d.size)), help="training size HxW (images are resized)")
+    train.add_argument("--crop", help="train on random HxW crops of the resized images (CycleGAN's resize_and_crop; "
+                       "default: whole images)")
     train.add_argument("--batch-size", type=int, default=d.batch_size, help="images per domain per step (default 1)")
     train.add_argument("--channels", type=int, default=d.channels, help=f"generator base width (CycleGAN: 64; default {d.channels})")
     train.add_argument("--blocks", type=int, default=d.blocks, help=f"generator residual blocks (CycleGAN: 9; default {d.blocks})")
@@ -115,7 +117,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = TranslatorSettings(
-        steps=args.steps, size=parse_size(args.size, "--size"), batch_size=args.batch_size, channels=args.channels,
+        steps=args.steps, size=parse_size(args.size, "--size"),
+        crop=parse_size(args.crop, "--crop") if args.crop else None, batch_size=args.batch_size, channels=args.channels,
         blocks=args.blocks, disc_channels=args.disc_channels, pool_size=args.pool_size, lr=args.lr, seed=args.seed,
     )
     result = train_translator(_images(args.day, "--day"), _images(args.night, "--night"), args.out, settings,

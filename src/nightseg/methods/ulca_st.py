@@ -24,7 +24,9 @@ the relit night image B_n, with cross attention to its own features of the day i
 * **Paste style** (``self_training.paste_style``, NightMix input only): ``day`` (default) pastes A's objects as
   they are; ``fda`` first gives A the low-frequency amplitude of the night image (FDA), so the truly labelled
   pasted objects carry the night's brightness and colour cast (the dynamic classes are the ones no teacher
-  labels at night).
+  labels at night); ``translate`` renders A at night with a frozen day->night CycleGAN generator
+  (``self_training.translator``: a ``nightseg translate train`` checkpoint, trained on the same unpaired day and
+  night frames), which can also change saturation and texture, before relighting and pasting.
 * The static loss, its day-corrected label, the consistency term and the cross attention are ULCA's.
 """
 
@@ -52,6 +54,7 @@ from nightseg.methods.self_training import confidence_weight, pixel_weighted_ce,
 from nightseg.methods.teacher import MeanTeacher, TeacherParams
 from nightseg.methods.ulca import ULCA
 from nightseg.methods.ulca import Params as ULCAParams
+from nightseg.models.translator import load_translator
 
 
 @dataclass
@@ -68,11 +71,15 @@ class SelfTrainingParams:
     augment: bool = True
     """Colour jitter + blur of the input (DACS's), strength `strength`."""
     strength: float = 0.25
-    paste_style: Literal["day", "fda"] = "day"
-    """NightMix input only: paste A's objects as they are (``day``) or night-styled first with FDA, the low
+    paste_style: Literal["day", "fda", "translate"] = "day"
+    """NightMix input only: paste A's objects as they are (``day``), night-styled first with FDA, the low
     frequencies of the night image's amplitude spectrum (``fda``, `nightseg.data.photometric.fourier_style`),
-    before relighting, so that the pasted, truly labelled objects look like night objects."""
+    or rendered at night by the day->night generator of ``translator`` (``translate``), before relighting, so
+    that the pasted, truly labelled objects look like night objects."""
     fda_beta: float = 0.05
+    translator: str | None = None
+    """``paste_style: translate``: ``translator.safetensors`` of ``nightseg translate train`` (its ``G_day2night``
+    is used, frozen; relative paths from the current directory)."""
 
 
 @dataclass
@@ -93,7 +100,17 @@ class ULCAST(ULCA):
             self.teacher = MeanTeacher(self.model, cfg.method.teacher)
         except ValueError as exc:
             raise UserError(f"method.teacher.alpha: {exc}") from None
-        self.mix_aug = MixAugmentConfig(strength=cfg.method.self_training.strength)
+        st = cfg.method.self_training
+        self.mix_aug = MixAugmentConfig(strength=st.strength)
+        # frozen like the relighting net (requires_grad=False, no_grad); instance norm without running statistics
+        # and no dropout, so train mode changes nothing and follows the module's. Training state only:
+        # `export_tensors` is ULCA's (segmenter + relighting net).
+        self.translator = None
+        if st.paste_style == "translate":
+            if not st.translator:
+                raise UserError("method.self_training.paste_style=translate needs method.self_training.translator: "
+                                "the translator.safetensors of `nightseg translate train` (day and night frames)")
+            self.translator = load_translator(st.translator, "day2night").train()
         if cfg.method.consistency.shared_forward != "weak":
             raise UserError(f"method.consistency.shared_forward={cfg.method.consistency.shared_forward}: ulca_st "
                             "implements ULCA's default 'weak' only")
@@ -193,6 +210,9 @@ class ULCAST(ULCA):
                 pasted = relit_a
                 if st.paste_style == "fda":
                     pasted = self.relit(fourier_style(image_a, night_crop, st.fda_beta))
+                elif st.paste_style == "translate":
+                    with torch.no_grad():
+                        pasted = self.relit(self.translator(image_a))
                 image, label, mask = nightmix(pasted, label_a, crop, crop_label, self.hard, gen)
                 weight = torch.where(mask, torch.ones((), device=mask.device), weight_t.mean())  # q: one share per batch
                 policy = {"policy": p.cross_attention.unpaired}

@@ -81,6 +81,9 @@ class TranslatorSettings:
 
     steps: int = 1000
     size: tuple[int, int] = (64, 128)
+    crop: tuple[int, int] | None = None
+    """Random crop HxW taken from the `size`-resized image (CycleGAN's ``resize_and_crop``: train on patches,
+    apply to whole frames at the same scale); None trains on whole images."""
     batch_size: int = 1
     channels: int = 32
     blocks: int = 6
@@ -103,6 +106,10 @@ class TranslatorSettings:
 def _settings_json(s: TranslatorSettings) -> dict[str, Any]:
     d = asdict(s)
     d["size"] = list(s.size)
+    if s.crop is None:  # states saved before the crop option existed stay resumable
+        del d["crop"]
+    else:
+        d["crop"] = list(s.crop)
     return d
 
 
@@ -118,10 +125,21 @@ def load_training_image(path: Path, size: tuple[int, int], flip: bool) -> torch.
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
+def random_crop(images: torch.Tensor, crop: tuple[int, int], g: torch.Generator) -> torch.Tensor:
+    """Return one `crop`-sized (HxW) window of each image of ``[B,3,H,W]`` `images`, offsets drawn from `g`."""
+    (h, w), (ch, cw) = images.shape[-2:], crop
+    if ch > h or cw > w:
+        raise UserError(f"translate train: crop {ch}x{cw} is larger than the training size {h}x{w}")
+    tops = torch.randint(0, h - ch + 1, (len(images),), generator=g).tolist()
+    lefts = torch.randint(0, w - cw + 1, (len(images),), generator=g).tolist()
+    return torch.stack([im[:, t:t + ch, x:x + cw] for im, t, x in zip(images, tops, lefts)])
+
+
 def _draw(paths: list[Path], s: TranslatorSettings, g: torch.Generator) -> torch.Tensor:
     index = torch.randint(0, len(paths), (s.batch_size,), generator=g).tolist()
     flips = (torch.rand(s.batch_size, generator=g) < 0.5).tolist()
-    return torch.stack([load_training_image(paths[i], s.size, f) for i, f in zip(index, flips)])
+    images = torch.stack([load_training_image(paths[i], s.size, f) for i, f in zip(index, flips)])
+    return images if s.crop is None else random_crop(images, s.crop, g)
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -230,6 +248,9 @@ def train_translator(
     out = Path(out)
     if not day or not night:
         raise UserError(f"translate train: need day and night images, got {len(day)} day and {len(night)} night")
+    if s.crop is not None and (s.crop[0] > s.size[0] or s.crop[1] > s.size[1] or min(s.crop) < 16):
+        raise UserError(f"translate train: crop {s.crop[0]}x{s.crop[1]} must fit in the training size "
+                        f"{s.size[0]}x{s.size[1]} and be at least 16x16")
     if s.steps < 1 or s.batch_size < 1 or min(s.size) < 16:
         raise UserError(f"translate train: steps {s.steps}, batch size {s.batch_size} and size {s.size} must be positive "
                         "(size at least 16x16)")
