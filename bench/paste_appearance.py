@@ -108,7 +108,7 @@ def plot(results: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
 
     styles = [s for s in STYLES if s in results]
     names = [c for c in CLASSES if all(c in results[s] for s in styles)]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     width = 0.8 / len(styles)
     for ax, key, title in ((axes[0], "value", "brightness: HSV value (relit)"),
                            (axes[1], "saturation", "colourfulness: HSV saturation (relit)"),
@@ -120,9 +120,10 @@ def plot(results: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
                           "translate": "day -> night CycleGAN (paste_style: translate)"}[s])
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=30)
         ax.set_title(title)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(styles), fontsize=9)
     fig.suptitle("What the student sees of each class: night frames vs pasted day objects in each paste style")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
