@@ -1,8 +1,8 @@
 """How night-like do the pasted source objects of ``ulca_st`` look? (issue 20, docs/results.md)
 
 ``ulca_st`` pastes labelled source (day) objects onto night images. Its ``paste_style`` decides how they
-look: as they are (``day``), night-styled with FDA (``fda``), or rendered at night by a CycleGAN
-(``translate``). This script measures, per class and over the labelled val frames of the synthetic set,
+look: as they are (``day``), night-styled with FDA (``fda``), rendered at night by a CycleGAN
+(``translate``), or colour-jittered class by class after relighting (``jitter``). This script measures, per class and over the labelled val frames of the synthetic set,
 what a student sees (every image relit by the benchmark's Zero-DCE):
 
 * brightness: mean HSV value V = max(R, G, B);
@@ -10,9 +10,12 @@ what a student sees (every image relit by the benchmark's Zero-DCE):
 * texture: mean absolute 3x3 Laplacian of the grey image (lit windows and headlights are high-frequency);
 
 for night frames (the target), day frames (``day``), day frames with FDA toward the night frame of the same
-index (``fda``, beta 0.05) and day frames through the translator's ``G_day2night`` (``translate``). A paste
-style helps the dynamic classes only if it moves these toward the night column. Prints a Markdown table and
-writes a bar chart.
+index (``fda``, beta 0.05), day frames through the translator's ``G_day2night`` (``translate``) and relit day
+frames with `region_jitter` (``jitter``, ulca_st's default ranges, seed 0). A paste style helps the dynamic
+classes only if it moves these toward the night column. Means hide spread, which is what ``jitter`` adds, so a
+second table counts, per class, the share of the style's objects (one class in one frame, >= 20 pixels) whose
+mean V and S both lie within 0.1 of the night frames' class mean: how often a pasted object looks like a night
+one. Prints both Markdown tables and writes a bar chart.
 
     python bench/paste_appearance.py --data runs/benchmark_8x_ft1800/data \
         --relight runs/benchmark_8x_ft1800/relight/zero_dce.safetensors \
@@ -30,7 +33,9 @@ import torch
 import torch.nn.functional as F
 
 CLASSES = ("road", "building", "vegetation", "sky", "person", "car", "truck", "bus")
-STYLES = ("night", "day", "fda", "translate")
+STYLES = ("night", "day", "fda", "translate", "jitter")
+TOLERANCE = 0.1
+MIN_PIXELS = 20
 LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
 
 
@@ -64,11 +69,38 @@ def appearance(images: torch.Tensor, labels: torch.Tensor) -> dict[str, dict[str
     return out
 
 
+def objects(images: torch.Tensor, labels: torch.Tensor) -> dict[str, list[tuple[float, float]]]:
+    """Return ``{class: [(V, S), ...]}``: the mean HSV value and saturation of each class in each frame where it
+    has at least `MIN_PIXELS` pixels."""
+    from nightseg.core.classes import CLASS_NAMES
+
+    top, bottom = images.max(dim=1).values, images.min(dim=1).values
+    saturation = (top - bottom) / top.clamp_min(1e-6)
+    out: dict[str, list[tuple[float, float]]] = {}
+    for name in CLASSES:
+        found = []
+        for i in range(len(images)):
+            mask = labels[i] == CLASS_NAMES.index(name)
+            if int(mask.sum()) >= MIN_PIXELS:
+                found.append((float(top[i][mask].mean()), float(saturation[i][mask].mean())))
+        out[name] = found
+    return out
+
+
+def night_like_share(style: list[tuple[float, float]], night: tuple[float, float]) -> float | None:
+    """Return the share of `style`'s objects ``(V, S)`` within `TOLERANCE` of the night mean in both (None if
+    there are none)."""
+    if not style:
+        return None
+    return sum(abs(v - night[0]) <= TOLERANCE and abs(s - night[1]) <= TOLERANCE for v, s in style) / len(style)
+
+
 @torch.no_grad()
 def measure(data: Path, relight_path: Path, translator_path: Path | None, limit: int, fda_beta: float = 0.05
-            ) -> dict[str, dict[str, dict[str, float]]]:
-    """Return ``{style: appearance(...)}`` for the night val frames and the day val images in each paste style."""
-    from nightseg.data.photometric import fourier_style
+            ) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, dict[str, float | None]]]:
+    """Return ``({style: appearance(...)}, {style: {class: night_like_share}})`` for the night val frames and
+    the day val images in each paste style."""
+    from nightseg.data.photometric import fourier_style, region_jitter
     from nightseg.models.relight import load_dce_weights, relight
     from nightseg.models.translator import load_translator
 
@@ -82,7 +114,16 @@ def measure(data: Path, relight_path: Path, translator_path: Path | None, limit:
     if translator_path is not None:
         net = load_translator(translator_path, "day2night")
         styled["translate"] = (torch.cat([net(day[i:i + 8]) for i in range(0, len(day), 8)]), day_labels)
-    return {style: appearance(relight(dce, images).float(), labels) for style, (images, labels) in styled.items()}
+    relit = {style: (relight(dce, images).float(), labels) for style, (images, labels) in styled.items()}
+    relit["jitter"] = (region_jitter(relit["day"][0], day_labels, torch.Generator().manual_seed(0)), day_labels)
+    means = {style: appearance(images, labels) for style, (images, labels) in relit.items()}
+    shares = {}
+    for style, (images, labels) in relit.items():
+        found = objects(images, labels)
+        shares[style] = {name: night_like_share(found[name], (means["night"][name]["value"],
+                                                              means["night"][name]["saturation"]))
+                         for name in CLASSES if name in means["night"]}
+    return means, shares
 
 
 def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -95,6 +136,16 @@ def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
         for s in styles:
             r = results[s].get(name)
             cells.append(f"{r['value']:.2f} / {r['saturation']:.2f} / {r['texture']:.3f}" if r else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def share_table(shares: dict[str, dict[str, float | None]]) -> str:
+    """Return a Markdown table: per class and style, the share (%) of objects that look like night ones."""
+    styles = [s for s in STYLES if s in shares]
+    lines = ["| class | " + " | ".join(styles) + " |", "|---" * (len(styles) + 1) + "|"]
+    for name in CLASSES:
+        cells = [("-" if shares[s].get(name) is None else f"{100 * shares[s][name]:.0f} %") for s in styles]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -117,7 +168,8 @@ def plot(results: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
             ax.bar([i + k * width for i in range(len(names))], [results[s][c][key] for c in names], width,
                    label={"night": "night frames (target)", "day": "day (paste_style: day)",
                           "fda": "day + FDA (paste_style: fda)",
-                          "translate": "day -> night CycleGAN (paste_style: translate)"}[s])
+                          "translate": "day -> night CycleGAN (paste_style: translate)",
+                          "jitter": "day, jittered per class (paste_style: jitter)"}[s])
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, rotation=30)
         ax.set_title(title)
     handles, labels = axes[0].get_legend_handles_labels()
@@ -139,12 +191,15 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the numbers here")
     args = parser.parse_args()
     torch.manual_seed(0)
-    results = measure(args.data, args.relight, args.translator, args.limit)
+    results, shares = measure(args.data, args.relight, args.translator, args.limit)
     print(table(results))
+    print()
+    print(f"objects within {TOLERANCE} of the night mean in V and S:")
+    print(share_table(shares))
     if args.figure:
         plot(results, args.figure)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        args.json.write_text(json.dumps({"means": results, "night_like_share": shares}, indent=1))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,13 @@ from torch import nn
 
 from nightseg.core.classes import CLASS_NAMES, IGNORE_INDEX
 from nightseg.core.config import load_config
-from nightseg.data.photometric import MixAugmentConfig, fourier_style, mix_augment
+from nightseg.data.photometric import (
+    MixAugmentConfig,
+    RegionJitterConfig,
+    fourier_style,
+    mix_augment,
+    region_jitter,
+)
 from nightseg.data.rare_class import RareClassSampling, rcs_probabilities
 from nightseg.data.streams import StepStreams
 from nightseg.methods.self_training import (
@@ -145,6 +151,28 @@ def test_fourier_style_moves_the_low_frequencies_only_by_hand():
     assert torch.equal(fourier_style(x, style, beta=0.1), x)  # floor(0.1 * 8) = 0: unchanged
     with pytest.raises(ValueError, match="equal shapes"):
         fourier_style(x, style[..., :4], beta=0.125)
+
+
+def test_region_jitter_by_hand():
+    """Each region gets its own factors; ignore pixels stay; brightness 0.5 and saturation 0 give half the
+    grey of the pixel (torchvision's weights) whatever the order."""
+    x = torch.tensor([[0.8, 0.2], [0.4, 0.9]]).view(1, 1, 2, 2) * torch.tensor([1.0, 0.5, 0.25]).view(1, 3, 1, 1)
+    regions = torch.tensor([[[0, 0], [1, IGNORE_INDEX]]])
+    grey = RegionJitterConfig(brightness=(0.5, 0.5), contrast=(1.0, 1.0), saturation=(0.0, 0.0), hue=0.0)
+    out = region_jitter(x, regions, torch.Generator().manual_seed(0), grey)
+    luma = 0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    expected = (0.5 * luma).unsqueeze(1).expand(1, 3, 2, 2).clone()
+    expected[..., 1, 1] = x[..., 1, 1]
+    assert torch.allclose(out, expected, atol=1e-4)
+    flat = torch.full((1, 3, 4, 4), 0.5)
+    two = torch.tensor([[0, 0, 1, 1]]).expand(4, 4)[None]
+    bright = RegionJitterConfig(brightness=(0.5, 1.5), contrast=(1.0, 1.0), saturation=(1.0, 1.0), hue=0.0)
+    a = region_jitter(flat, two, torch.Generator().manual_seed(1), bright)
+    assert torch.equal(a, region_jitter(flat, two, torch.Generator().manual_seed(1), bright))
+    left, right = a[0, 0, :, :2].unique(), a[0, 0, :, 2:].unique()
+    assert len(left) == 1 and len(right) == 1 and abs(float(left) - float(right)) > 1e-3  # one factor per region
+    with pytest.raises(ValueError, match="regions"):
+        region_jitter(flat, two[..., :3], torch.Generator())
 
 
 # --------------------------------------------------------------------------------------------- DAFormer
@@ -368,6 +396,27 @@ def test_ulca_st_translate_paste_renders_the_pasted_objects_with_the_day2night_g
         ulca_st.build(recipe_config("ulca_st", data, relight_file, extra=translate[:1]))
 
 
+def test_ulca_st_jitter_paste_changes_only_the_pasted_objects_and_no_other_draw(tmp_path, synthetic_set, relight_file):
+    """paste_style=jitter colour-jitters each class of the relit A with its own generator: only L_st changes
+    (L_seg and the teacher's weight of step 0 are the default's), and with every range at the identity
+    (factors 1, hue 0) L_st is exactly the default's, so the switch draws nothing from the step's generator."""
+    from nightseg.engine import train
+
+    data = synthetic_set(COUNTS)
+    jitter = ["method.self_training.paste_style=jitter"]
+    identity = [*jitter, "method.self_training.paste_jitter={brightness: [1, 1], contrast: [1, 1], "
+                "saturation: [1, 1], hue: 0.0}"]
+    rows = {}
+    for name, extra in (("day", []), ("jitter", jitter), ("identity", identity)):
+        train(recipe_config("ulca_st", data, relight_file, extra=extra), tmp_path / name)
+        rows[name] = csv_losses(tmp_path / name)[0]
+    day, jittered = rows["day"], rows["jitter"]
+    assert float(day["train/seg"]) == pytest.approx(float(jittered["train/seg"]), abs=1e-6)
+    assert float(day["train/pl_weight"]) == pytest.approx(float(jittered["train/pl_weight"]), abs=1e-6)
+    assert abs(float(day["train/st"]) - float(jittered["train/st"])) > 1e-5
+    assert float(rows["identity"]["train/st"]) == pytest.approx(float(day["train/st"]), abs=1e-7)
+
+
 def test_validation_scores_the_teachers_pseudo_labels_per_class(tmp_path, synthetic_set, relight_file):
     """metrics.json's history holds the teacher's per-class accuracy (recall) on night val, equal to the teacher
     weights of the training state run on the val images and counted by hand."""
@@ -575,3 +624,12 @@ def test_paste_appearance_statistics_by_hand():
     # bus pixels (1,2), (2,1), (2,2): black (V 0, S 0); (1,2) and (2,1) neighbour the car pixel, (2,2) does not
     assert stats["bus"] == pytest.approx({"value": 0.0, "saturation": 0.0, "texture": 2 * grey / 3, "pixels": 3})
     assert "road" not in stats
+    # objects: per frame, classes with >= MIN_PIXELS pixels; two frames, one bus each (V 0.5 / S 0 and V 0.9 / S 0.5)
+    frames = torch.zeros(2, 3, 5, 5)
+    frames[0] = 0.5
+    frames[1] = torch.tensor([0.9, 0.45, 0.45]).view(3, 1, 1)
+    buses = torch.full((2, 5, 5), CLASS_NAMES.index("bus"))
+    found = bench.objects(frames, buses)
+    assert [v for pair in found["bus"] for v in pair] == pytest.approx([0.5, 0.0, 0.9, 0.5]) and found["car"] == []
+    assert bench.night_like_share(found["bus"], (0.55, 0.05)) == 0.5  # only the first within 0.1 in V and S
+    assert bench.night_like_share([], (0.5, 0.5)) is None

@@ -220,6 +220,47 @@ def mix_augment(x: torch.Tensor, generator: torch.Generator, config: MixAugmentC
     return out[0] if single else out
 
 
+# ------------------------------------------------------------------------------------- copy-paste
+@dataclass(frozen=True)
+class RegionJitterConfig:
+    """Per-region colour jitter of pasted objects: brightness, contrast and saturation factors drawn from
+    the ranges, a hue shift from ``[-hue, hue]`` (fraction of the colour circle), in a random order per region,
+    with torchvision's definitions (`color_jitter`). Saturation reaches 0 (grey) and brightness well above 1,
+    so a pasted object can look lit, unlit, grey or coloured whatever its class."""
+
+    brightness: tuple[float, float] = (0.6, 1.5)
+    contrast: tuple[float, float] = (0.6, 1.4)
+    saturation: tuple[float, float] = (0.0, 1.2)
+    hue: float = 0.1
+
+
+def region_jitter(x: torch.Tensor, regions: torch.Tensor, generator: torch.Generator,
+                  config: RegionJitterConfig = RegionJitterConfig(), ignore: int = 255) -> torch.Tensor:
+    """Return ``x [B,3,H,W]`` in [0,1] with every region of ``regions [B,H,W]`` (pixels of one label value in
+    one image; `ignore` left unchanged) colour-jittered by its own factors (`RegionJitterConfig`), regions
+    visited in increasing label order and every draw from `generator`.
+
+    The appearance randomisation of copy-paste augmentation applied per object class: the pasted objects'
+    colours stop telling their class, so the student must recognise them by shape. Contrast blends with the
+    mean grey of the whole image, as torchvision's ``adjust_contrast`` does."""
+    xb, single = _as_batch(x)
+    if regions.shape != (xb.shape[0], *xb.shape[-2:]):
+        raise ValueError(f"regions must be [B,H,W] = {(xb.shape[0], *xb.shape[-2:])}, got {tuple(regions.shape)}")
+    out = xb.clone()
+    for b in range(xb.shape[0]):
+        for value in torch.unique(regions[b]).tolist():
+            if value == ignore:
+                continue
+            factors = torch.stack([_uniform(1, config.brightness, generator), _uniform(1, config.contrast, generator),
+                                   _uniform(1, config.saturation, generator),
+                                   _uniform(1, (-config.hue, config.hue), generator)], dim=1).cpu()
+            order = torch.randperm(4, generator=generator, device=generator.device).tolist()
+            jittered = color_jitter(xb[b : b + 1], factors, order)[0]
+            where = regions[b] == value
+            out[b][:, where] = jittered[:, where]
+    return out[0] if single else out
+
+
 # ---------------------------------------------------------------------------------------------- FDA
 def fourier_style(x: torch.Tensor, style: torch.Tensor, beta: float) -> torch.Tensor:
     """Return `x` ``[B,3,H,W]`` in [0,1] with the low-frequency amplitude of `style` (same shape): FDA

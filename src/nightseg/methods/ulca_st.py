@@ -26,7 +26,10 @@ the relit night image B_n, with cross attention to its own features of the day i
   pasted objects carry the night's brightness and colour cast (the dynamic classes are the ones no teacher
   labels at night); ``translate`` renders A at night with a frozen day->night CycleGAN generator
   (``self_training.translator``: a ``nightseg translate train`` checkpoint, trained on the same unpaired day and
-  night frames), which can also change saturation and texture, before relighting and pasting.
+  night frames), which can also change saturation and texture, before relighting and pasting; ``jitter`` gives
+  every class of the relit A its own colour jitter (``self_training.paste_jitter``, saturation down to grey and
+  brightness up to 1.5x: `nightseg.data.photometric.region_jitter`), so that no pasted object can be told by
+  its day colours, and a grey, lit night bus is among the appearances a pasted bus takes.
 * The static loss, its day-corrected label, the consistency term and the cross attention are ULCA's.
 """
 
@@ -41,8 +44,10 @@ from nightseg.core.config import Config
 from nightseg.core.errors import UserError
 from nightseg.data.photometric import (
     MixAugmentConfig,
+    RegionJitterConfig,
     fourier_style,
     mix_augment,
+    region_jitter,
     strong_augment,
     weak_augment,
 )
@@ -55,6 +60,16 @@ from nightseg.methods.teacher import MeanTeacher, TeacherParams
 from nightseg.methods.ulca import ULCA
 from nightseg.methods.ulca import Params as ULCAParams
 from nightseg.models.translator import load_translator
+
+
+@dataclass
+class PasteJitterParams:
+    """``paste_style: jitter``: the ranges of each pasted class's colour jitter (`RegionJitterConfig`)."""
+
+    brightness: list[float] = field(default_factory=lambda: [0.6, 1.5])
+    contrast: list[float] = field(default_factory=lambda: [0.6, 1.4])
+    saturation: list[float] = field(default_factory=lambda: [0.0, 1.2])
+    hue: float = 0.1
 
 
 @dataclass
@@ -71,15 +86,17 @@ class SelfTrainingParams:
     augment: bool = True
     """Colour jitter + blur of the input (DACS's), strength `strength`."""
     strength: float = 0.25
-    paste_style: Literal["day", "fda", "translate"] = "day"
+    paste_style: Literal["day", "fda", "translate", "jitter"] = "day"
     """NightMix input only: paste A's objects as they are (``day``), night-styled first with FDA, the low
     frequencies of the night image's amplitude spectrum (``fda``, `nightseg.data.photometric.fourier_style`),
     or rendered at night by the day->night generator of ``translator`` (``translate``), before relighting, so
-    that the pasted, truly labelled objects look like night objects."""
+    that the pasted, truly labelled objects look like night objects; or, after relighting, colour-jittered
+    class by class (``jitter``, ranges in ``paste_jitter``), so that their colours stop telling their class."""
     fda_beta: float = 0.05
     translator: str | None = None
     """``paste_style: translate``: ``translator.safetensors`` of ``nightseg translate train`` (its ``G_day2night``
     is used, frozen; relative paths from the current directory)."""
+    paste_jitter: PasteJitterParams = field(default_factory=PasteJitterParams)
 
 
 @dataclass
@@ -102,6 +119,9 @@ class ULCAST(ULCA):
             raise UserError(f"method.teacher.alpha: {exc}") from None
         st = cfg.method.self_training
         self.mix_aug = MixAugmentConfig(strength=st.strength)
+        jitter = st.paste_jitter
+        self.paste_jitter = RegionJitterConfig(tuple(jitter.brightness), tuple(jitter.contrast),
+                                               tuple(jitter.saturation), jitter.hue)
         # frozen like the relighting net (requires_grad=False, no_grad); instance norm without running statistics
         # and no dropout, so train mode changes nothing and follows the module's. Training state only:
         # `export_tensors` is ULCA's (segmenter + relighting net).
@@ -213,6 +233,10 @@ class ULCAST(ULCA):
                 elif st.paste_style == "translate":
                     with torch.no_grad():
                         pasted = self.relit(self.translator(image_a))
+                elif st.paste_style == "jitter":
+                    # its own generator, seeded from the step's, so every other draw of the step stays as is
+                    pasted = region_jitter(relit_a, label_a, torch.Generator().manual_seed(gen.initial_seed() + 1),
+                                           self.paste_jitter)
                 image, label, mask = nightmix(pasted, label_a, crop, crop_label, self.hard, gen)
                 weight = torch.where(mask, torch.ones((), device=mask.device), weight_t.mean())  # q: one share per batch
                 policy = {"policy": p.cross_attention.unpaired}
@@ -254,4 +278,4 @@ def build(cfg: Config) -> ULCAST:
     return ULCAST(cfg)
 
 
-__all__ = ["ULCAST", "Params", "SelfTrainingParams", "build"]
+__all__ = ["ULCAST", "Params", "PasteJitterParams", "SelfTrainingParams", "build"]
