@@ -19,8 +19,11 @@ import statistics
 from pathlib import Path
 
 DYNAMIC = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
-ROWS = ("dacs", "daformer", "mic", "hrda", "ulca_st")
-TITLES = {"dacs": "DACS", "daformer": "DAFormer (no FD)", "mic": "MIC", "hrda": "HRDA", "ulca_st": "ULCA + mean teacher"}
+ROWS = ("dacs", "daformer", "mic", "hrda", "ulca_st", "ulca_st_jitter")
+TITLES = {"dacs": "DACS", "daformer": "DAFormer (no FD)", "mic": "MIC", "hrda": "HRDA", "ulca_st": "ULCA + mean teacher",
+          "ulca_st_jitter": "ULCA + mean teacher, paste jitter"}
+COLUMNS = 3
+"""Panels per row of the figure."""
 
 
 def teacher_curves(out: Path, row: str, key: str = "teacher_accuracy") -> dict[str, list[tuple[int, float]]]:
@@ -54,8 +57,13 @@ def main() -> None:
     if not rows:
         raise SystemExit(f"error: {args.out}: no run folder with a teacher history ({', '.join(args.rows)}_seed*)")
     colours = PALETTE.tolist()
-    fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 4.0), sharey=True, squeeze=False)
-    for ax, row in zip(axes[0], rows, strict=True):
+    columns = min(COLUMNS, len(rows))
+    lines = math.ceil(len(rows) / columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(4.2 * columns, 3.6 * lines + 0.8), sharey=True, squeeze=False)
+    panels = axes.ravel()
+    for ax in panels[len(rows):]:
+        ax.set_visible(False)
+    for ax, row in zip(panels, rows, strict=False):
         curves = teacher_curves(args.out, row, args.key)
         for name in CLASS_NAMES:
             if name not in curves or max(v for _, v in curves[name]) < 1.0:
@@ -68,17 +76,18 @@ def main() -> None:
         ax.set_title(f"{TITLES.get(row, row)} ({seeds} seed{'s' if seeds > 1 else ''})")
         ax.set_xlabel("fine-tuning step")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"teacher pseudo-label {args.key.split('_')[1]} on night val (%)")
+    for line in axes:
+        line[0].set_ylabel(f"teacher {'recall' if args.key == 'teacher_accuracy' else 'precision'} (%)")
     handles, labels = {}, []
-    for ax in axes[0]:
+    for ax in panels:
         for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
             if label not in handles:
                 handles[label] = h
                 labels.append(label)
     fig.legend([handles[n] for n in labels], labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8,
                title="class (solid: dynamic, dashed: static)")
-    fig.suptitle("Self-training from the converged source model: the teacher's pseudo labels per class")
-    fig.tight_layout(rect=(0, 0.14, 1, 0.95))
+    fig.suptitle("Self-training from the converged source model: the teacher's pseudo labels per class, night val")
+    fig.tight_layout(rect=(0, 1.0 / (3.6 * lines + 0.8), 1, 0.97))
     args.png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.png, dpi=110)
     print(f"wrote {args.png}")

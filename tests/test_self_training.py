@@ -606,6 +606,26 @@ def test_benchmark_report_gap_shares_and_dynamic_classes_by_hand():
     assert "best recipe dacs closes 50 %" in report
 
 
+def test_benchmark_rows_load_with_their_overrides():
+    """Every row of bench/synthetic_benchmark.py loads from its config with its overrides (a wrong key would
+    otherwise stop a benchmark only when that row starts), and the combined rows set both of their switches."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("synthetic_benchmark", REPO / "bench" / "synthetic_benchmark.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for row, (config, _) in bench.ROWS.items():
+        load_config(REPO / "configs" / config, bench.ROW_OVERRIDES.get(row, []))
+    both = load_config(REPO / "configs" / bench.ROWS["ulca_st_teacher_jitter"][0],
+                       bench.ROW_OVERRIDES["ulca_st_teacher_jitter"]).method.self_training
+    assert (both.label, both.paste_style) == ("teacher", "jitter")
+    default = load_config(REPO / "configs" / bench.ROWS["ulca_st"][0]).method.self_training
+    assert (default.label, default.paste_style) == ("teacher_dannet", "day")
+    rcs = load_config(REPO / "configs" / bench.ROWS["ulca_st_rcs_jitter"][0], bench.ROW_OVERRIDES["ulca_st_rcs_jitter"])
+    assert rcs.data.source.dataset == "nightseg.data.rare_class:rare_class_sampling"
+    assert rcs.data.source.options["temperature"] == 0.01
+
+
 def test_paste_appearance_statistics_by_hand():
     """bench/paste_appearance.py: a class's mean HSV value, saturation and |Laplacian| over its pixels, one-pixel
     border left out, computed by hand on a 4x4 image whose inner 2x2 is one car pixel and three bus pixels."""
