@@ -493,7 +493,8 @@ def run_check(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     # one process on one device: devices=auto would start DDP on a multi-GPU machine (docs/scaling.md)
     accel = [f"train.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}", "train.devices=1"]
     rows: list[dict[str, Any]] = []
-    result = {"machine": machine(), "device": str(device), "tiny": args.tiny, "steps": steps, "train": rows,
+    result = {"machine": machine(), "device": str(device), "tiny": args.tiny, "steps": steps,
+              "memory_cap_gib": args.memory_cap_gib, "train": rows,
               "predict": [], "seconds": None}
 
     def keep(*new: dict[str, Any]) -> None:
@@ -543,6 +544,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="*", default=None, help="recipe stems to run (and/or 'translation')")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every recipe")
     parser.add_argument("--budget-s", type=float, default=360.0, help="skip what would start after this many s")
+    parser.add_argument("--memory-cap-gib", type=float, default=None, metavar="G",
+                        help="let PyTorch use at most G GiB of the GPU (a smaller card: 22.4 for 24 GB); a row "
+                             "that does not fit ends in OutOfMemoryError")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile row")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
@@ -555,6 +559,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: CUDA is not available on this machine; use --device cpu --tiny", file=sys.stderr)
         return 2
+    if args.memory_cap_gib is not None:
+        if not torch.cuda.is_available() or args.device == "cpu":
+            print("--memory-cap-gib: needs a GPU (it caps PyTorch's CUDA allocator); leave it out on the CPU",
+                  file=sys.stderr)
+            return 2
+        total = torch.cuda.get_device_properties(0).total_memory
+        # the caching allocator raises OutOfMemoryError past this share, as the smaller card would
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * 2**30 / total))
     with tempfile.TemporaryDirectory(prefix="nightseg-gpu-check-") as tmp:
         result = run_check(args, args.work or Path(tmp))
     print(json.dumps(result["machine"]))

@@ -21,9 +21,10 @@ bytes, what ``torch.cuda.max_memory_allocated`` would count:
 
 The sum is the estimate of the peak allocated memory. On a card, the CUDA context and cuDNN's workspaces
 (~0.5-1 GB) and the caching allocator's fragmentation come on top: a recipe is called fitting a card of
-G GB when ``1.15 * estimate + 1 GiB <= G GB``. CPU autocast's choice of which ops run in bfloat16 is close
-to, but not the same as, CUDA's (both run convolutions and matmuls in bf16 and losses in fp32), so the
-activation figure is an estimate to be checked against bench/gpu_check.py's measured peak on a GPU.
+G GB when ``1.15 * estimate + 1 GiB <= G GB``. CPU autocast runs convolutions and matmuls in bf16 as CUDA's
+does, but keeps softmax, layer norm and others in bf16 where CUDA runs them in fp32: `CudaAutocastFp32`
+runs CUDA's fp32 ops in fp32 here too. The activation figure stays an estimate to be checked against
+bench/gpu_check.py's measured peak on a GPU (docs/benchmarks.md has both, measured on an H200).
 
 NightLab's RDN stage (fp32, ``method.rdn`` sizes on 1024x512 NightCity frames) and the CycleGAN generator
 phase of the translation step (fp32, 512x1024, CycleGAN's 64 channels / 9 blocks) are estimated the same
@@ -33,12 +34,12 @@ way from their own forward passes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import sys
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ class SavedTensorCounter:
     def unpack(_: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("the memory estimate runs no backward pass")
 
-    @contextmanager
+    @contextlib.contextmanager
     def counting(self) -> Iterator[SavedTensorCounter]:
         """Count inside this block."""
         with torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack):
@@ -129,10 +130,43 @@ def mixed_precision(cfg: Config) -> bool:
     return cfg.train.precision == "auto" or "mixed" in cfg.train.precision
 
 
+CUDA_FP32_OPS = frozenset({
+    "__pow__", "__rpow__", "__rdiv__", "__rtruediv__", "acos", "asin", "cosh", "erfinv", "exp", "expm1", "log",
+    "log10", "log1p", "log2", "pow", "reciprocal", "rsqrt", "sinh", "tan", "softmax", "log_softmax", "softmin",
+    "softplus", "sum", "prod", "cumsum", "cumprod", "layer_norm", "group_norm", "norm", "normalize", "renorm",
+    "cross_entropy", "nll_loss", "kl_div", "l1_loss", "mse_loss", "smooth_l1_loss", "binary_cross_entropy_with_logits",
+    "cosine_similarity", "cdist", "dist", "pdist",
+})
+"""Ops that CUDA autocast runs in float32 (PyTorch's AMP docs, "CUDA Ops that can autocast to float32").
+CPU autocast leaves most of them in bfloat16, which undercounted the H200's measured peaks of the MiT
+recipes by 30-36 % (softmax and layer norm outputs saved at half their GPU size; docs/benchmarks.md)."""
+
+
+def _upcast(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.dtype in (torch.bfloat16, torch.float16):
+        return value.float()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_upcast(v) for v in value)
+    return value
+
+
+class CudaAutocastFp32(torch.overrides.TorchFunctionMode):
+    """Inside CPU autocast, run `CUDA_FP32_OPS` on float32 inputs as CUDA autocast does, so that the tensors
+    they save and return have the GPU's dtype."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in CUDA_FP32_OPS:
+            args, kwargs = _upcast(args), {k: _upcast(v) for k, v in kwargs.items()}
+        return func(*args, **kwargs)
+
+
 def activations(step: Callable[[], Any], exclude: set[int], autocast: bool) -> SavedTensorCounter:
-    """Run `step` (a forward pass) counting the tensors saved for backward; return the counter."""
+    """Run `step` (a forward pass) counting the tensors saved for backward; return the counter. With
+    `autocast`, CPU bf16 autocast with CUDA's float32 ops (`CudaAutocastFp32`) stands for CUDA's bf16-mixed."""
     counter = SavedTensorCounter(exclude)
-    with counter.counting(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    fp32_ops = CudaAutocastFp32() if autocast else contextlib.nullcontext()
+    with counter.counting(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), fp32_ops:
         step()
     return counter
 

@@ -86,6 +86,30 @@ def test_automatic_chunking_with_recompute_matches_unchunked(monkeypatch):
     assert grads[0][1].abs().sum() > 0
 
 
+@pytest.mark.parametrize("chunk", [None, 8])
+def test_sdpa_gets_unit_last_stride_so_cuda_can_use_a_fused_kernel(pair, chunk, monkeypatch):
+    """CUDA's fused sdpa kernels need stride 1 in the last dim, else the math kernel builds the N x M map in
+    fp32 (what the H200 check measured for ULCA at 960x960); the strides are checked here on the CPU."""
+    import nightseg.models.cross_attention as ca
+
+    seen = []
+    real = ca.F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        seen.append([t.stride(-1) for t in (q, k, v)])
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(ca.F, "scaled_dot_product_attention", spy)
+    night, day = pair
+    module = CrossAttention(16, reduction=4, chunk_size=chunk)
+    with torch.no_grad():
+        module.alpha.fill_(0.5)
+    module(night, day).sum().backward()
+    # 35 query positions in chunks of 8: 5 calls, and 5 more when backward recomputes the checkpointed chunks
+    assert len(seen) == (1 if chunk is None else 10)
+    assert all(strides == [1, 1, 1] for strides in seen), seen
+
+
 def test_value_source_matters(pair):
     night, day = pair
     a = CrossAttention(16, value="night")

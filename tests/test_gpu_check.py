@@ -110,3 +110,25 @@ def test_memory_estimate_counts_saved_tensors_once_and_not_parameters():
     grad_in = est.activations(lambda: net(x.clone().requires_grad_()).sum(), exclude, True)
     assert grad_in.total == 1600 + 800 + 2 * 5000
     assert est.tensor_bytes(net.parameters()) == (100 * 50 + 50) * 4
+
+
+def test_memory_estimate_counts_what_cuda_autocast_keeps_in_fp32():
+    """CUDA autocast runs layer norm and softmax in fp32 (CPU autocast: bf16), so the estimate counts them at
+    4 bytes: Linear's bf16 input 8x100x2 = 1600, LayerNorm's fp32 input 8x50x4 = 1600 and its fp32 mean and
+    rstd 2x8x4 = 64, Softmax's fp32 output 1600. Plain CPU autocast would count 1600 + 800 + 64 + 800."""
+    est = _bench("gpu_memory_estimate")
+    net = torch.nn.Sequential(torch.nn.Linear(100, 50), torch.nn.LayerNorm(50), torch.nn.Softmax(-1))
+    exclude = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    x = torch.rand(8, 100)
+    counter = est.activations(lambda: net(x).sum(), exclude, True)
+    assert counter.total == 1600 + 1600 + 64 + 1600 and counter.count == 5
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net(x).dtype == torch.bfloat16  # CPU autocast alone: what the estimate corrects
+    with torch.autocast("cpu", dtype=torch.bfloat16), est.CudaAutocastFp32():
+        assert net(x).dtype == torch.float32
+
+
+def test_memory_cap_without_a_gpu_is_refused_in_one_line(capsys):
+    assert _bench("gpu_check").main(["--device", "cpu", "--tiny", "--memory-cap-gib", "22.4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--memory-cap-gib" in err[0] and "GPU" in err[0]

@@ -653,3 +653,45 @@ def test_paste_appearance_statistics_by_hand():
     assert [v for pair in found["bus"] for v in pair] == pytest.approx([0.5, 0.0, 0.9, 0.5]) and found["car"] == []
     assert bench.night_like_share(found["bus"], (0.55, 0.05)) == 0.5  # only the first within 0.1 in V and S
     assert bench.night_like_share([], (0.5, 0.5)) is None
+
+
+def test_pseudo_label_plot_means_over_seeds_and_draws_a_panel_per_score(tmp_path, monkeypatch):
+    """bench/pseudo_label_plot.py: the curve of a class is the mean over the seed folders at each step, a
+    missing (None) or NaN score is left out of the mean, and ``--key`` with both scores draws two panels."""
+    import importlib.util
+    import json
+    import sys
+
+    spec = importlib.util.spec_from_file_location("pseudo_label_plot", REPO / "bench" / "pseudo_label_plot.py")
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    histories = {0: [{"step": 100, "teacher_accuracy": {"bus": 0.1, "car": 0.8},
+                      "teacher_precision": {"bus": None, "car": 0.5}},
+                     {"step": 200, "teacher_accuracy": {"bus": 0.3, "car": 0.9},
+                      "teacher_precision": {"bus": 0.2, "car": 0.6}}],
+                 1: [{"step": 100, "teacher_accuracy": {"bus": 0.0, "car": float("nan")},
+                      "teacher_precision": {"bus": 0.4, "car": 0.7}},
+                     {"step": 200, "teacher_accuracy": {"bus": 0.1, "car": 1.0},
+                      "teacher_precision": {"bus": 0.6, "car": 0.8}}]}
+    for seed, history in histories.items():
+        (tmp_path / f"ulca_st_jitter_seed{seed}").mkdir()
+        (tmp_path / f"ulca_st_jitter_seed{seed}" / "metrics.json").write_text(json.dumps({"history": history}))
+    recall = plot.teacher_curves(tmp_path, "ulca_st_jitter")
+    assert [s for s, _ in recall["bus"]] == [100, 200]
+    assert [v for _, v in recall["bus"]] == pytest.approx([5.0, 20.0])
+    assert [v for _, v in recall["car"]] == pytest.approx([80.0, 95.0])  # seed 1's NaN at step 100 left out
+    precision = plot.teacher_curves(tmp_path, "ulca_st_jitter", "teacher_precision")
+    assert [v for _, v in precision["bus"]] == pytest.approx([40.0, 40.0])  # seed 0's None at step 100 left out
+    png = tmp_path / "teacher.png"
+    figures = []
+    import matplotlib.figure
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, path, **_: figures.append((self, path)))
+    monkeypatch.setattr(sys, "argv", ["pseudo_label_plot", str(tmp_path), "--rows", "ulca_st_jitter", "dacs",
+                                      "--key", "teacher_accuracy", "teacher_precision", "--output", str(png)])
+    plot.main()
+    (figure, path), = figures
+    titles = [ax.get_title() for ax in figure.axes if ax.get_visible() and ax.get_title()]
+    assert path == png
+    assert titles == ["ULCA + mean teacher, paste jitter (2 seeds), recall",
+                      "ULCA + mean teacher, paste jitter (2 seeds), precision"]  # no dacs folder: no panel

@@ -345,14 +345,16 @@ def hdm_anchor_labels(rdn: RDN, image_model: nn.Module, region_model: nn.Module,
         return labels.to(torch.int8), {"positive": 0, "kept": 0}
     image_pred = image_model(image[None]).argmax(1)[0]
     num_classes = int(image_model.config["num_classes"])
-    region_iou, image_iou = torch.full((len(labels),), float("nan")), torch.full((len(labels),), float("nan"))
+    # on the anchors' device: hdm_relabel combines them with `labels` (the GPU check runs this on a GPU)
+    region_iou = torch.full((len(labels),), float("nan"), device=labels.device)
+    image_iou = torch.full((len(labels),), float("nan"), device=labels.device)
     for start in range(0, len(positive), chunk):
         idx = positive[start:start + chunk]
         crops = [(0, *context_box(anchors[0][j].tolist(), context, min_side, size)) for j in idx]
         logits = region_model(crop_regions(image[None], crops, region_size))
         for j, crop, lg in zip(idx, crops, logits):
             cx1, cy1, cx2, cy2 = crop[1:]
-            region_pred = torch.full(size, 255, dtype=torch.long)
+            region_pred = torch.full(size, 255, dtype=torch.long, device=image.device)
             region_pred[cy1:cy2, cx1:cx2] = F.interpolate(lg[None], size=(cy2 - cy1, cx2 - cx1), mode="bilinear",
                                                           align_corners=False)[0].argmax(0)
             bx1, by1, bx2, by2 = pixel_box(anchors[0][j].tolist(), size)

@@ -35,12 +35,19 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, scale=1.0)
 
 
+def tokens(features: torch.Tensor) -> torch.Tensor:
+    """Return feature maps [B,C,H,W] as one attention head of H*W tokens, [B,1,H*W,C], contiguous (the
+    layout sdpa's fused kernels need)."""
+    return features.flatten(2).transpose(1, 2).unsqueeze(1).contiguous()
+
+
 def auto_chunk(q: torch.Tensor, v: torch.Tensor) -> int:
     """Return the query chunk length that bounds the materialised attention map.
 
     PyTorch's CPU flash kernel needs equal Q and V widths (here C/8 vs C), so on the CPU sdpa falls back
     to the math kernel, which builds the N x M map: chunk the queries so a chunk's map stays at
-    `CHUNK_ELEMENTS`. CUDA's memory-efficient kernel handles unequal widths: no chunking there.
+    `CHUNK_ELEMENTS`. CUDA's memory-efficient kernel handles unequal widths (given contiguous `tokens`): no
+    chunking there.
     """
     if q.device.type == "cuda" or q.shape[-1] == v.shape[-1]:
         return q.shape[2]
@@ -78,10 +85,14 @@ class CrossAttention(nn.Module):
     def attend(self, night: torch.Tensor, day: torch.Tensor) -> torch.Tensor:
         """Return E (Eq. 3) for night features [B,C,H,W] and day features [B,C,H',W'] (any H', W')."""
         b, c, h, w = night.shape
-        q = self.query(night).flatten(2).transpose(1, 2).unsqueeze(1)  # [B,1,N,C/r]
-        k = self.key(day).flatten(2).transpose(1, 2).unsqueeze(1)  # [B,1,M,C/r]
+        # contiguous: every fused sdpa kernel (CUDA's flash, memory-efficient, cuDNN) needs the last dim at
+        # stride 1, and the transposed conv output has stride N there; without it CUDA falls back to the math
+        # kernel, which builds the N x M map in fp32 (1.55 GiB per 960x960 pair at batch 2, measured on an
+        # H200: docs/benchmarks.md)
+        q = tokens(self.query(night))  # [B,1,N,C/r]
+        k = tokens(self.key(day))  # [B,1,M,C/r]
         source = night if self.value_source == "night" else day
-        v = self.value(source).flatten(2).transpose(1, 2).unsqueeze(1)  # [B,1,M,C]
+        v = tokens(self.value(source))  # [B,1,M,C]
         if v.shape[2] != k.shape[2]:
             raise ValueError(
                 f"value='night' needs night and day features of the same size, got {tuple(night.shape[-2:])} "
