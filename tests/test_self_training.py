@@ -175,6 +175,31 @@ def test_region_jitter_by_hand():
         region_jitter(flat, two[..., :3], torch.Generator())
 
 
+def test_region_jitter_never_waits_for_the_device():
+    """No data-dependent op (boolean-mask indexing, nonzero) in the per-region loop: on a GPU each one waits
+    for the device. The region ids come to the host once per batch (one ``unique`` per image there)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.__name__
+            if name.startswith(("index.", "index_put")) and any(i is not None and i.dtype == torch.bool
+                                                                 for i in args[1]):
+                name = "bool-mask " + name  # integer indices (torchvision's hue gather) do not wait
+            self.names.append(name)
+            return func(*args, **(kwargs or {}))
+
+    regions = torch.tensor([[0, 0, 1, 1], [2, 2, 1, IGNORE_INDEX]]).expand(2, 2, 4).clone()
+    with Ops() as ops:
+        region_jitter(torch.rand(2, 3, 2, 4), regions, torch.Generator().manual_seed(0))
+    assert not [n for n in ops.names if n.startswith(("nonzero", "bool-mask", "masked_select"))]
+    assert sum(n.startswith("_unique") or n.startswith("unique") for n in ops.names) == 2  # once per image
+
+
 # --------------------------------------------------------------------------------------------- DAFormer
 def test_rare_class_probabilities_by_hand():
     probs = rcs_probabilities(torch.tensor([50.0, 30.0, 20.0, 0.0]), temperature=0.1)
