@@ -651,6 +651,38 @@ def test_benchmark_rows_load_with_their_overrides():
     assert rcs.data.source.options["temperature"] == 0.01
 
 
+
+def test_gpu_benchmark_pack_carries_the_converged_models(tmp_path):
+    """bench/synthetic_benchmark_gpu.sh pack: each seed's converged source (``source_longer``) becomes the
+    ``source_only`` run the fine-tunes start from, with its checkpoint; the converged oracle becomes ``oracle``
+    without one (only its scores are read); a missing base model stops it with exit 2 and the fix."""
+    import subprocess
+
+    source, carry = tmp_path / "runs", tmp_path / "carry"
+    (source / "relight").mkdir(parents=True)
+    (source / "relight" / "zero_dce.safetensors").write_bytes(b"dce")
+    for seed in (0, 1, 2):
+        for row in ("source_longer", "oracle_longer", "source_only"):
+            run = source / f"{row}_seed{seed}"
+            (run / "checkpoints").mkdir(parents=True)
+            for name in ("scores.json", "metrics.json", "config.yaml"):
+                (run / name).write_text(f"{row} {seed} {name}")
+            for name in ("last.safetensors", "last.json"):
+                (run / "checkpoints" / name).write_text(f"{row} {seed} {name}")
+    script = REPO / "bench" / "synthetic_benchmark_gpu.sh"
+    env = {"PATH": "/usr/bin:/bin", "SOURCE": str(source), "CARRY": str(carry)}
+    done = subprocess.run(["bash", str(script), "pack"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (carry / "source_only_seed2" / "checkpoints" / "last.safetensors").read_text() == \
+        "source_longer 2 last.safetensors"
+    assert (carry / "oracle_seed1" / "scores.json").read_text() == "oracle_longer 1 scores.json"
+    assert not (carry / "oracle_seed1" / "checkpoints" / "last.safetensors").exists()
+    assert (carry / "relight" / "zero_dce.safetensors").read_bytes() == b"dce"
+    (source / "oracle_longer_seed1" / "scores.json").unlink()
+    failed = subprocess.run(["bash", str(script), "pack"], env=env, capture_output=True, text=True)
+    assert failed.returncode == 2
+    assert f"{source}/oracle_longer_seed1/scores.json missing" in failed.stderr
+
 def test_paste_appearance_statistics_by_hand():
     """bench/paste_appearance.py: a class's mean HSV value, saturation and |Laplacian| over its pixels, one-pixel
     border left out, computed by hand on a 4x4 image whose inner 2x2 is one car pixel and three bus pixels."""
