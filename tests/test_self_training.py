@@ -28,6 +28,7 @@ from nightseg.data.streams import StepStreams
 from nightseg.methods.self_training import (
     block_mask,
     classmix,
+    confidence_mask,
     confidence_weight,
     downscale_label_ratio,
     masked_feature_distance,
@@ -122,6 +123,18 @@ def test_confidence_weight_share_of_the_batch_by_hand():
     rows = torch.zeros(1, 2, 4, 2)
     rows[:, 0] = 1.0  # every pixel certain
     assert confidence_weight(rows, 0.968, ignore_top=1, ignore_bottom=2)[0, :, 0].tolist() == [0.0, 1.0, 0.0, 0.0]
+
+
+def test_confidence_mask_keeps_the_pixels_the_share_counts_by_hand():
+    probs = torch.zeros(2, 2, 1, 4)
+    probs[:, 0] = torch.tensor([[[0.99, 0.968, 0.5, 0.9]], [[0.97, 0.02, 0.2, 0.3]]])
+    probs[:, 1] = 1 - probs[:, 0]
+    label = probs.argmax(dim=1)
+    masked = confidence_mask(label, probs, 0.968)
+    assert masked.tolist() == [[[0, 0, IGNORE_INDEX, IGNORE_INDEX]], [[0, 1, IGNORE_INDEX, IGNORE_INDEX]]]
+    kept = (masked != IGNORE_INDEX).float().mean()
+    assert kept == confidence_weight(probs, 0.968)[0, 0, 0]  # the same pixels DACS's q counts
+    assert torch.equal(confidence_mask(label, probs, 0.0), label)
 
 
 def test_pixel_weighted_ce_is_mmseg_mean_by_hand():
@@ -442,6 +455,28 @@ def test_ulca_st_jitter_paste_changes_only_the_pasted_objects_and_no_other_draw(
     assert float(rows["identity"]["train/st"]) == pytest.approx(float(day["train/st"]), abs=1e-7)
 
 
+def test_ulca_st_pixel_weighting_trains_only_the_confident_teacher_pixels(tmp_path, synthetic_set, relight_file):
+    """weighting=pixel keeps the teacher's label where its confidence is >= threshold (weight 1) and ignores the
+    rest; weighting=share trains every pixel at q. With threshold 0 every pixel is confident (q = 1), so the two
+    give the same L_st; at 0.07 (about half of the untrained teacher's pixels above) they log the same confident share but train different losses; L_seg never moves."""
+    from nightseg.engine import train
+
+    data = synthetic_set(COUNTS)
+    rows = {}
+    for name, threshold, weighting in (("share0", 0.0, "share"), ("pixel0", 0.0, "pixel"),
+                                       ("share", 0.07, "share"), ("pixel", 0.07, "pixel")):
+        extra = [f"method.self_training.threshold={threshold}", f"method.self_training.weighting={weighting}"]
+        train(recipe_config("ulca_st", data, relight_file, extra=extra), tmp_path / name)
+        rows[name] = csv_losses(tmp_path / name)[0]
+    assert float(rows["pixel0"]["train/st"]) == pytest.approx(float(rows["share0"]["train/st"]), abs=1e-7)
+    assert float(rows["pixel0"]["train/pl_weight"]) == float(rows["share0"]["train/pl_weight"]) == 1.0
+    share, pixel = rows["share"], rows["pixel"]
+    assert float(pixel["train/seg"]) == pytest.approx(float(share["train/seg"]), abs=1e-6)
+    assert float(pixel["train/pl_weight"]) == pytest.approx(float(share["train/pl_weight"]), abs=1e-6)
+    assert 0.0 < float(share["train/pl_weight"]) < 1.0
+    assert abs(float(pixel["train/st"]) - float(share["train/st"])) > 1e-5
+
+
 def test_validation_scores_the_teachers_pseudo_labels_per_class(tmp_path, synthetic_set, relight_file):
     """metrics.json's history holds the teacher's per-class accuracy (recall) on night val, equal to the teacher
     weights of the training state run on the val images and counted by hand."""
@@ -644,6 +679,9 @@ def test_benchmark_rows_load_with_their_overrides():
     both = load_config(REPO / "configs" / bench.ROWS["ulca_st_teacher_jitter"][0],
                        bench.ROW_OVERRIDES["ulca_st_teacher_jitter"]).method.self_training
     assert (both.label, both.paste_style) == ("teacher", "jitter")
+    pixel = load_config(REPO / "configs" / bench.ROWS["ulca_st_jitter_pixel"][0],
+                        bench.ROW_OVERRIDES["ulca_st_jitter_pixel"]).method.self_training
+    assert (pixel.weighting, pixel.paste_style, pixel.label) == ("pixel", "jitter", "teacher_dannet")
     default = load_config(REPO / "configs" / bench.ROWS["ulca_st"][0]).method.self_training
     assert (default.label, default.paste_style) == ("teacher_dannet", "day")
     rcs = load_config(REPO / "configs" / bench.ROWS["ulca_st_rcs_jitter"][0], bench.ROW_OVERRIDES["ulca_st_rcs_jitter"])
@@ -752,3 +790,54 @@ def test_pseudo_label_plot_means_over_seeds_and_draws_a_panel_per_score(tmp_path
     assert path == png
     assert titles == ["ULCA + mean teacher, paste jitter (2 seeds), recall",
                       "ULCA + mean teacher, paste jitter (2 seeds), precision"]  # no dacs folder: no panel
+
+
+def _bench_module(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_teacher_confidence_table_by_hand():
+    """bench/teacher_confidence.py: kept share, accuracy of the kept labels, wrong labels removed, and per class
+    the wrong labels kept and the right ones kept, counted by hand on six pixels (one ignored)."""
+    table = _bench_module("teacher_confidence").threshold_table
+    bus, car, road = CLASS_NAMES.index("bus"), CLASS_NAMES.index("car"), CLASS_NAMES.index("road")
+    confidence = torch.tensor([0.99, 0.6, 0.95, 0.3, 0.8, 0.99])
+    prediction = torch.tensor([bus, car, car, road, road, road])
+    truth = torch.tensor([bus, bus, car, bus, road, IGNORE_INDEX])
+    low, high = table(confidence, prediction, truth, (0.0, 0.7), ("bus", "car"))
+    assert low["kept"] == 1.0 and low["accuracy"] == pytest.approx(3 / 5) and low["wrong_removed"] == 0.0
+    # t = 0.7 keeps 0.99 (bus right), 0.95 (car right), 0.8 (road right); drops 0.6 and 0.3 (both bus wrong)
+    assert high["kept"] == pytest.approx(3 / 5) and high["accuracy"] == 1.0 and high["wrong_removed"] == 1.0
+    assert high["bus/wrong_kept"] == 0.0 and high["bus/right_kept"] == 1.0 and high["car/right_kept"] == 1.0
+    assert math.isnan(high["car/wrong_kept"])  # no car pixel is labelled wrongly
+
+
+def test_teacher_confidence_extracts_the_ema_teacher_of_a_run(tmp_path, synthetic_set, relight_file):
+    """teacher_checkpoint writes the run's EMA teacher (state_dict/teacher.net.*) in place of the student's
+    weights, loadable like any checkpoint; a run without a teacher stops with the reason."""
+    from nightseg.core.checkpoint import load_checkpoint
+    from nightseg.core.training_state import load_state, save_state
+    from nightseg.engine import RunDir, train
+
+    bench = _bench_module("teacher_confidence")
+    run = tmp_path / "run"
+    train(recipe_config("ulca_st", synthetic_set(COUNTS), relight_file), run)
+    teacher, meta = load_checkpoint(bench.teacher_checkpoint(run, tmp_path / "teacher.safetensors"))
+    student, _ = load_checkpoint(RunDir(run).last)
+    state = load_state(run / "state")["state_dict"]
+    head = next(k for k in student if k.endswith("weight") and student[k].ndim == 4)
+    assert torch.equal(teacher[head], state[f"teacher.net.{head}"])
+    assert not torch.equal(teacher[head], student[head])  # the EMA lags the student after the first step
+    assert set(teacher) == set(student) and "EMA teacher" in meta["source"]
+    state_only = tmp_path / "plain"
+    (state_only / "checkpoints").mkdir(parents=True)
+    for name in ("last.safetensors", "last.json"):
+        (state_only / "checkpoints" / name).write_bytes((run / "checkpoints" / name).read_bytes())
+    save_state({"state_dict": {"model.w": torch.zeros(1)}}, state_only / "state")
+    with pytest.raises(SystemExit, match="no teacher weights"):
+        bench.teacher_checkpoint(state_only, tmp_path / "none.safetensors")

@@ -6,6 +6,8 @@ inputs and a `torch.Generator`, so the recipes stay readable and each piece has 
   source label there and the teacher's pseudo label elsewhere.
 - `confidence_weight`: DACS's pixel-confidence weight of the pseudo label: the share of target pixels whose
   maximum teacher probability is at least ``tau = 0.968`` (DAFormer Eq. 6 / DACS code).
+- `confidence_mask`: the per-pixel alternative: the pseudo label kept only where that probability is at least
+  ``tau`` (FixMatch-style hard thresholding; `ulca_st`'s ``self_training.weighting: pixel``).
 - `pixel_weighted_ce`: cross-entropy weighted per pixel, the mean over all pixels (mmseg's reduction).
 - `downscale_label_ratio`, `masked_feature_distance`: DAFormer's thing-class ImageNet feature distance
   (Hoyer et al., CVPR 2022, Eq. 7-8).
@@ -52,6 +54,14 @@ def confidence_weight(probs: torch.Tensor, threshold: float = 0.968, ignore_top:
     if ignore_bottom > 0:
         weight[:, -ignore_bottom:] = 0
     return weight
+
+
+@torch.no_grad()
+def confidence_mask(label: torch.Tensor, probs: torch.Tensor, threshold: float = 0.968) -> torch.Tensor:
+    """Return `label` ``[B,H,W]`` with every pixel whose maximum probability in `probs` ``[B,C,H,W]`` is below
+    `threshold` set to ignore (255): the pixels DACS's share `confidence_weight` counts, kept at weight 1, and the
+    rest dropped instead of trained at weight q."""
+    return label.masked_fill(probs.max(dim=1).values < threshold, IGNORE_INDEX)
 
 
 def pixel_weighted_ce(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -102,8 +112,8 @@ def block_mask(shape: tuple[int, int, int], patch: int, ratio: float, generator:
     return full.to(device)
 
 
-__all__ = ["block_mask", "classmix", "confidence_weight", "downscale_label_ratio", "masked_feature_distance",
-           "pixel_weighted_ce", "pseudo_label_accuracy"]
+__all__ = ["block_mask", "classmix", "confidence_mask", "confidence_weight", "downscale_label_ratio",
+           "masked_feature_distance", "pixel_weighted_ce", "pseudo_label_accuracy"]
 
 
 @torch.no_grad()

@@ -14,8 +14,10 @@ the relit night image B_n, with cross attention to its own features of the day i
   channels by its day prediction exactly as ULCA corrects the student's (DANNet's fusion,
   `nightseg.methods.pseudo_label`), the dynamic channels staying the teacher's night prediction; ``teacher``
   takes the teacher's night argmax alone.
-* **Weight**: DACS's confidence weight ``q`` (share of night pixels whose teacher confidence is >= 0.968);
-  off: 1.
+* **Weight** (``self_training.weighting``): ``share`` (default) is DACS's confidence weight ``q`` (share of night
+  pixels whose teacher confidence is >= 0.968) on every pixel; ``pixel`` keeps the teacher's label only on
+  those confident pixels, at weight 1, and ignores the rest, so the teacher's unconfident and mostly wrong
+  labels (night buses called building or car) are not trained at all; ``confidence_weight: false``: 1.
 * **Input** (``self_training.input``): ``nightmix`` (default) is ULCA's NightMix image (A's hard classes pasted
   on B_n) labelled with L_A where pasted (weight 1) and the teacher's label elsewhere (weight q), colour-
   jittered and blurred as DACS's, at ``lambda_st = 1``; it replaces ULCA's student-labelled L_mix (which is
@@ -40,6 +42,7 @@ from typing import Any, Literal
 
 import torch
 
+from nightseg.core.classes import IGNORE_INDEX
 from nightseg.core.config import Config
 from nightseg.core.errors import UserError
 from nightseg.data.photometric import (
@@ -55,7 +58,12 @@ from nightseg.losses.segmentation import consistency_kl, static_loss, weighted_c
 from nightseg.methods.base import masked_label
 from nightseg.methods.nightmix import match_size, nightmix
 from nightseg.methods.pseudo_label import fuse_day_night, pseudo_label
-from nightseg.methods.self_training import confidence_weight, pixel_weighted_ce, pseudo_label_accuracy
+from nightseg.methods.self_training import (
+    confidence_mask,
+    confidence_weight,
+    pixel_weighted_ce,
+    pseudo_label_accuracy,
+)
 from nightseg.methods.teacher import MeanTeacher, TeacherParams
 from nightseg.methods.ulca import ULCA
 from nightseg.methods.ulca import Params as ULCAParams
@@ -83,6 +91,9 @@ class SelfTrainingParams:
     label: Literal["teacher_dannet", "teacher"] = "teacher_dannet"
     threshold: float = 0.968
     confidence_weight: bool = True
+    weighting: Literal["share", "pixel"] = "share"
+    """``share``: DACS's q on every teacher-labelled pixel; ``pixel``: the label kept where the teacher's night
+    confidence is >= ``threshold`` (weight 1) and ignored elsewhere (`confidence_mask`)."""
     augment: bool = True
     """Colour jitter + blur of the input (DACS's), strength `strength`."""
     strength: float = 0.25
@@ -162,7 +173,10 @@ class ULCAST(ULCA):
             label = pseudo_label(fused, self.pl_weight)
         else:
             label = probs.argmax(dim=1)
-        if st.confidence_weight:
+        if st.confidence_weight and st.weighting == "pixel":
+            label = confidence_mask(label, probs, st.threshold)
+            weight = torch.ones_like(label, dtype=torch.float32)
+        elif st.confidence_weight:
             weight = confidence_weight(probs, st.threshold)
         else:
             weight = torch.ones_like(label, dtype=torch.float32)
@@ -218,7 +232,7 @@ class ULCAST(ULCA):
         replaces_mix = st.enabled and st.input == "nightmix"
         if st.enabled:
             label_t, weight_t = self.teacher_labels(relit_clean, relit_day)
-            terms["pl_weight"] = weight_t.mean()
+            terms["pl_weight"] = (weight_t * (label_t != IGNORE_INDEX)).mean()  # q, or the kept share (pixel)
             target = batch["target"]
             truth = masked_label(target) if "label" in target and target["label"].shape == label_t.shape else None
             terms.update(pseudo_label_accuracy(label_t, truth))
