@@ -682,6 +682,8 @@ def test_benchmark_rows_load_with_their_overrides():
     pixel = load_config(REPO / "configs" / bench.ROWS["ulca_st_jitter_pixel"][0],
                         bench.ROW_OVERRIDES["ulca_st_jitter_pixel"]).method.self_training
     assert (pixel.weighting, pixel.paste_style, pixel.label) == ("pixel", "jitter", "teacher_dannet")
+    slow = load_config(REPO / "configs" / bench.ROWS["ulca_st_jitter_slow"][0], bench.ROW_OVERRIDES["ulca_st_jitter_slow"])
+    assert (slow.method.teacher.alpha, slow.method.self_training.paste_style) == (0.999, "jitter")
     default = load_config(REPO / "configs" / bench.ROWS["ulca_st"][0]).method.self_training
     assert (default.label, default.paste_style) == ("teacher_dannet", "day")
     rcs = load_config(REPO / "configs" / bench.ROWS["ulca_st_rcs_jitter"][0], bench.ROW_OVERRIDES["ulca_st_rcs_jitter"])
