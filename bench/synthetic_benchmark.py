@@ -65,6 +65,8 @@ ROWS = {
     "ulca_st_teacher_jitter": ("cpu/ulca_st.yaml", "ulca_st, teacher labels and per-class colour jitter"),
     "ulca_st_jitter_pixel": ("cpu/ulca_st.yaml", "ulca_st, per-class colour jitter, confident teacher pixels only"),
     "ulca_st_jitter_slow": ("cpu/ulca_st.yaml", "ulca_st, per-class colour jitter, teacher alpha 0.999 (DAFormer's)"),
+    "ulca_st_jitter_always": ("cpu/ulca_st.yaml", "ulca_st, per-class colour jitter, the dynamic classes the teacher "
+                              "misses at night always pasted"),
     # the DAFormer family at DAFormer's own fine-tuning learning rate (the CPU configs' 6e-4 trains from scratch)
     "daformer_lr": ("cpu/daformer.yaml", "DAFormer, AdamW lr 6e-5 (the paper's)"),
     "mic_lr": ("cpu/mic.yaml", "MIC, AdamW lr 6e-5 (the paper's)"),
@@ -72,7 +74,7 @@ ROWS = {
 SELF_TRAINING = ("dacs", "daformer", "mic", "hrda", "ulca_st", "ulca_st_night", "ulca_st_teacher", "ulca_st_fda",
                  "ulca_st_translate", "ulca_st_rcs", "ulca_st_jitter",
                  "ulca_st_rcs_jitter", "ulca_st_teacher_jitter", "ulca_st_jitter_pixel",
-                 "ulca_st_jitter_slow", "daformer_lr", "mic_lr")
+                 "ulca_st_jitter_slow", "ulca_st_jitter_always", "daformer_lr", "mic_lr")
 RARE_CLASS_SAMPLING = ["data.source.dataset=nightseg.data.rare_class:rare_class_sampling",
                        "data.source.options={dataset: cityscapes, temperature: 0.01, min_pixels: 47}"]
 """DAFormer's rare class sampling on the source stream, as in configs/cpu/daformer.yaml."""
@@ -88,6 +90,9 @@ ROW_OVERRIDES = {"full_qk_full": ["method.cross_attention.qk_channels=full"],
                  "ulca_st_jitter_pixel": ["method.self_training.paste_style=jitter",
                                           "method.self_training.weighting=pixel"],
                  "ulca_st_jitter_slow": ["method.self_training.paste_style=jitter", "method.teacher.alpha=0.999"],
+                 "ulca_st_jitter_always": ["method.self_training.paste_style=jitter",
+                                           "method.self_training.always_paste=[person,rider,bus,train,motorcycle,"
+                                           "bicycle]"],
                  "ulca_st_teacher_jitter": ["method.self_training.label=teacher",
                                             "method.self_training.paste_style=jitter"],
                  "daformer_lr": ["optim.lr=6.0e-5"], "mic_lr": ["optim.lr=6.0e-5"]}

@@ -67,6 +67,23 @@ def test_easy_and_ignored_pixels_are_never_selected_and_half_is_rounded_up():
     assert not class_mask(easy_only[None], [[]]).any()
 
 
+def test_always_classes_are_pasted_whenever_present_and_the_half_is_drawn_from_the_rest():
+    # always=[car]: car is chosen, and ceil(2/2) = 1 of the other present hard classes [sidewalk, building].
+    # Seed 0: randperm(2) = [0, 1] -> sidewalk; seed 1: randperm(2) = [1, 0] -> building.
+    assert select_classes(L_A[None], hard_classes(), gen(0), always=[CAR]) == [[SIDEWALK, CAR]]
+    assert select_classes(L_A[None], hard_classes(), gen(1), always=[CAR]) == [[BUILDING, CAR]]
+    for seed in range(20):
+        # an always-class that is absent (bus) or easy (road) adds nothing; with none present this is ClassMix
+        assert select_classes(L_A[None], hard_classes(), gen(seed), always=[class_index("bus"), ROAD]) == \
+            select_classes(L_A[None], hard_classes(), gen(seed))
+        (chosen,) = select_classes(L_A[None], hard_classes(), gen(seed), always=[CAR, BUILDING])
+        assert chosen == [SIDEWALK, BUILDING, CAR]  # both forced, plus ceil(1/2) = 1 of [sidewalk]
+    a, b_n, s_bn = torch.ones(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), torch.full((1, 4, 4), 8)
+    _, label, mask = nightmix(a, L_A[None], b_n, s_bn, generator=gen(1), always=[CAR])
+    assert torch.equal(mask[0], (L_A == CAR) | (L_A == BUILDING))
+    assert torch.equal(label[0], torch.where(mask[0], L_A, torch.tensor(8)))
+
+
 def test_easy_classes_are_configurable():
     hard = hard_classes(easy=("road", "sky", "car"))
     for seed in range(10):

@@ -432,20 +432,26 @@ def test_ulca_st_translate_paste_renders_the_pasted_objects_with_the_day2night_g
 
     with pytest.raises(UserError, match="method.self_training.translator"):
         ulca_st.build(recipe_config("ulca_st", data, relight_file, extra=translate[:1]))
+    with pytest.raises(UserError, match="method.self_training.always_paste: unknown class 'buss'"):
+        ulca_st.build(recipe_config("ulca_st", data, relight_file, extra=["method.self_training.always_paste=[buss]"]))
 
 
 def test_ulca_st_jitter_paste_changes_only_the_pasted_objects_and_no_other_draw(tmp_path, synthetic_set, relight_file):
     """paste_style=jitter colour-jitters each class of the relit A with its own generator: only L_st changes
     (L_seg and the teacher's weight of step 0 are the default's), and with every range at the identity
-    (factors 1, hue 0) L_st is exactly the default's, so the switch draws nothing from the step's generator."""
+    (factors 1, hue 0) L_st is exactly the default's, so the switch draws nothing from the step's generator.
+    always_paste (every class here) reaches NightMix: more of A is pasted, so only L_st and the mixed share
+    change."""
+    from nightseg.core.classes import CLASS_NAMES
     from nightseg.engine import train
 
     data = synthetic_set(COUNTS)
     jitter = ["method.self_training.paste_style=jitter"]
     identity = [*jitter, "method.self_training.paste_jitter={brightness: [1, 1], contrast: [1, 1], "
                 "saturation: [1, 1], hue: 0.0}"]
+    always = [f"method.self_training.always_paste=[{', '.join(CLASS_NAMES)}]"]
     rows = {}
-    for name, extra in (("day", []), ("jitter", jitter), ("identity", identity)):
+    for name, extra in (("day", []), ("jitter", jitter), ("identity", identity), ("always", always)):
         train(recipe_config("ulca_st", data, relight_file, extra=extra), tmp_path / name)
         rows[name] = csv_losses(tmp_path / name)[0]
     day, jittered = rows["day"], rows["jitter"]
@@ -453,6 +459,10 @@ def test_ulca_st_jitter_paste_changes_only_the_pasted_objects_and_no_other_draw(
     assert float(day["train/pl_weight"]) == pytest.approx(float(jittered["train/pl_weight"]), abs=1e-6)
     assert abs(float(day["train/st"]) - float(jittered["train/st"])) > 1e-5
     assert float(rows["identity"]["train/st"]) == pytest.approx(float(day["train/st"]), abs=1e-7)
+    everything = rows["always"]
+    assert float(everything["train/seg"]) == pytest.approx(float(day["train/seg"]), abs=1e-6)
+    assert float(everything["train/mix_share"]) > float(day["train/mix_share"]) > 0.0
+    assert abs(float(everything["train/st"]) - float(day["train/st"])) > 1e-5
 
 
 def test_ulca_st_pixel_weighting_trains_only_the_confident_teacher_pixels(tmp_path, synthetic_set, relight_file):
@@ -684,6 +694,10 @@ def test_benchmark_rows_load_with_their_overrides():
     assert (pixel.weighting, pixel.paste_style, pixel.label) == ("pixel", "jitter", "teacher_dannet")
     slow = load_config(REPO / "configs" / bench.ROWS["ulca_st_jitter_slow"][0], bench.ROW_OVERRIDES["ulca_st_jitter_slow"])
     assert (slow.method.teacher.alpha, slow.method.self_training.paste_style) == (0.999, "jitter")
+    always = load_config(REPO / "configs" / bench.ROWS["ulca_st_jitter_always"][0],
+                         bench.ROW_OVERRIDES["ulca_st_jitter_always"]).method.self_training
+    assert always.always_paste == ["person", "rider", "bus", "train", "motorcycle", "bicycle"]
+    assert always.paste_style == "jitter"
     default = load_config(REPO / "configs" / bench.ROWS["ulca_st"][0]).method.self_training
     assert (default.label, default.paste_style) == ("teacher_dannet", "day")
     rcs = load_config(REPO / "configs" / bench.ROWS["ulca_st_rcs_jitter"][0], bench.ROW_OVERRIDES["ulca_st_rcs_jitter"])

@@ -23,25 +23,30 @@ from nightseg.core.classes import hard_classes
 
 
 def select_classes(
-    label: torch.Tensor, candidates: Sequence[int], generator: torch.Generator | None = None
+    label: torch.Tensor, candidates: Sequence[int], generator: torch.Generator | None = None,
+    always: Sequence[int] = (),
 ) -> list[list[int]]:
     """Return, per image of `label` ``[B, H, W]``, a random ``ceil(n/2)`` of the `candidates` present in it.
 
-    The classes in each returned list are sorted. Images without candidate classes get an empty list.
+    Candidates listed in `always` are chosen whenever present, and the random half is drawn from the
+    other present candidates (with `always` empty this is ClassMix's rule, draw for draw). The classes in
+    each returned list are sorted. Images without candidate classes get an empty list.
     """
     cand = sorted(set(int(c) for c in candidates))
     if not cand:
         return [[] for _ in range(label.shape[0])]
+    forced = set(int(c) for c in always)
     batch = label.shape[0]
     offsets = torch.arange(batch, device=label.device).view(-1, 1) * 256
     counts = torch.bincount((label.flatten(1).long().clamp(0, 255) + offsets).flatten(), minlength=256 * batch)
     present = (counts.view(batch, 256)[:, cand] > 0).cpu()  # [B, K]
     chosen = []
     for row in present:
-        classes = [c for c, p in zip(cand, row.tolist()) if p]
+        here = [c for c, p in zip(cand, row.tolist()) if p]
+        classes = [c for c in here if c not in forced]
         order = torch.randperm(len(classes), generator=generator).tolist()
         keep = order[: math.ceil(len(classes) / 2)]
-        chosen.append(sorted(classes[i] for i in keep))
+        chosen.append(sorted([classes[i] for i in keep] + [c for c in here if c in forced]))
     return chosen
 
 
@@ -62,12 +67,14 @@ def nightmix(
     night_label: torch.Tensor,
     candidates: Sequence[int] | None = None,
     generator: torch.Generator | None = None,
+    always: Sequence[int] = (),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return ``(X_A [B,3,H,W], Y_A [B,H,W], M [B,H,W] bool)`` of NightMix (ULCA, Section 3.1).
 
     `source_image`/`source_label` are A and L_A, `night_image`/`night_label` are B_n and S~_Bn, all the same
     spatial size (see `match_size`). `candidates` are the hard classes (default
-    `nightseg.core.classes.hard_classes()`); a random half of those present in each L_A form M.
+    `nightseg.core.classes.hard_classes()`); a random half of those present in each L_A form M, plus
+    every present candidate listed in `always` (`select_classes`).
     """
     if source_image.shape[-2:] != night_image.shape[-2:] or source_label.shape != night_label.shape:
         raise ValueError(
@@ -75,7 +82,7 @@ def nightmix(
             f" and B_n {tuple(night_image.shape)} / S~_Bn {tuple(night_label.shape)}"
         )
     cand = hard_classes() if candidates is None else candidates
-    mask = class_mask(source_label, select_classes(source_label, cand, generator))
+    mask = class_mask(source_label, select_classes(source_label, cand, generator, always))
     m = mask.unsqueeze(1).to(source_image.dtype)
     mixed_image = m * source_image + (1.0 - m) * night_image
     mixed_label = torch.where(mask, source_label, night_label.to(source_label.dtype))

@@ -32,6 +32,9 @@ the relit night image B_n, with cross attention to its own features of the day i
   every class of the relit A its own colour jitter (``self_training.paste_jitter``, saturation down to grey and
   brightness up to 1.5x: `nightseg.data.photometric.region_jitter`), so that no pasted object can be told by
   its day colours, and a grey, lit night bus is among the appearances a pasted bus takes.
+* **Always pasted** (``self_training.always_paste``, NightMix input only; default none): classes pasted whenever
+  A has them, the random half being drawn from A's other hard classes, so that the classes the teacher does
+  not label at night (bus, train, person) get their truly labelled night examples on every step that has them.
 * The static loss, its day-corrected label, the consistency term and the cross attention are ULCA's.
 """
 
@@ -42,7 +45,7 @@ from typing import Any, Literal
 
 import torch
 
-from nightseg.core.classes import IGNORE_INDEX
+from nightseg.core.classes import IGNORE_INDEX, class_ids
 from nightseg.core.config import Config
 from nightseg.core.errors import UserError
 from nightseg.data.photometric import (
@@ -108,6 +111,10 @@ class SelfTrainingParams:
     """``paste_style: translate``: ``translator.safetensors`` of ``nightseg translate train`` (its ``G_day2night``
     is used, frozen; relative paths from the current directory)."""
     paste_jitter: PasteJitterParams = field(default_factory=PasteJitterParams)
+    always_paste: list[str] = field(default_factory=list)
+    """NightMix input only: classes pasted whenever A has them (the random half is drawn from A's other hard
+    classes): the classes the teacher does not label at night get their truly labelled night examples on
+    every step that has them, not on half of them."""
 
 
 @dataclass
@@ -142,6 +149,10 @@ class ULCAST(ULCA):
                 raise UserError("method.self_training.paste_style=translate needs method.self_training.translator: "
                                 "the translator.safetensors of `nightseg translate train` (day and night frames)")
             self.translator = load_translator(st.translator, "day2night").train()
+        try:
+            self.always_paste = class_ids(st.always_paste)
+        except ValueError as exc:
+            raise UserError(f"method.self_training.always_paste: {exc}") from None
         if cfg.method.consistency.shared_forward != "weak":
             raise UserError(f"method.consistency.shared_forward={cfg.method.consistency.shared_forward}: ulca_st "
                             "implements ULCA's default 'weak' only")
@@ -251,7 +262,7 @@ class ULCAST(ULCA):
                     # its own generator, seeded from the step's, so every other draw of the step stays as is
                     pasted = region_jitter(relit_a, label_a, torch.Generator().manual_seed(gen.initial_seed() + 1),
                                            self.paste_jitter)
-                image, label, mask = nightmix(pasted, label_a, crop, crop_label, self.hard, gen)
+                image, label, mask = nightmix(pasted, label_a, crop, crop_label, self.hard, gen, self.always_paste)
                 weight = torch.where(mask, torch.ones((), device=mask.device), weight_t.mean())  # q: one share per batch
                 policy = {"policy": p.cross_attention.unpaired}
                 terms["mix_share"] = mask.float().mean()
