@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The converged-source protocol of docs/results.md (issue 20) with its fine-tunes on one lent GPU: on this
 # project's 2-core CPU machine each 1 800-step ULCA fine-tune takes ~1 h 20 min; on an H200 the six
-# fine-tunes of ulca_st_jitter and full ULCA over three seeds take ~10 min, run six at a time.
+# fine-tunes of ulca_st_jitter and full ULCA over three seeds took ~10 min, run six at a time.
 #
 #   bash bench/synthetic_benchmark_gpu.sh pack                  # here: runs/gpu_carry from the CPU base models
 #   bash bench/synthetic_benchmark_gpu.sh run OUT [BUDGET_S] [STEPS]   # on the device; rerun to continue
@@ -12,9 +12,9 @@
 # the Zero-DCE); carry it and ``.whl`` to the device (docs/results.md has the full device command).
 #
 # ``run``: writes the synthetic ``small`` set (the benchmark's, seed 0) with 16 workers, then phase B:
-# ulca_st_jitter and full ULCA fine-tune each seed's converged source for STEPS (1 800) steps, six at a
-# time (validation every 100 steps); phase C, in the time left: the other recipes. Every run is fp32
-# (``train.precision=32-true``; cuDNN's TF32 convolutions are PyTorch's default), so the numbers compare
+# ulca_st_jitter_always (ulca_st's default), ulca_st_jitter and full ULCA fine-tune each seed's converged
+# source for STEPS (1 800) steps, nine at a time (validation every 100 steps); phase C, in the time left:
+# the other recipes. Every run is fp32 (``train.precision=32-true``; cuDNN's TF32 convolutions are PyTorch's default), so the numbers compare
 # with the CPU runs', but CUDA kernels are not bit-deterministic: a GPU run differs from the same seed on
 # the CPU. The script stops starting work after BUDGET_S (default 530) seconds, the engine saves each
 # run's state when `timeout` stops it, and the same command continues where it stopped (back to back:
@@ -83,6 +83,6 @@ run_phase() {  # name, jobs, rows...
   grep -E "^(done|\||issue|ulca|full|dacs|daformer|mic|hrda)" "$WORK/phase_$name.log" | tail -45
   pack
 }
-run_phase B 6 ulca_st_jitter full
-run_phase C 12 ulca_st_jitter full ulca_st dacs daformer mic hrda
+run_phase B 9 ulca_st_jitter_always ulca_st_jitter full
+run_phase C 12 ulca_st_jitter_always ulca_st_jitter full ulca_st dacs daformer mic hrda
 echo "total $(( $(date +%s) - START )) s"

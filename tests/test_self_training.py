@@ -415,7 +415,7 @@ def test_ulca_st_translate_paste_renders_the_pasted_objects_with_the_day2night_g
     path = save_translator(CycleGAN(settings), tmp_path / "translator.safetensors", settings, {"steps_done": 0})
     translate = ["method.self_training.paste_style=translate", f"method.self_training.translator={path}"]
     rows = {}
-    for name, extra in (("day", []), ("translate", translate)):
+    for name, extra in (("day", ["method.self_training.paste_style=day"]), ("translate", translate)):
         train(recipe_config("ulca_st", data, relight_file, extra=extra), tmp_path / name)
         rows[name] = csv_losses(tmp_path / name)[0]
     day, translated = rows["day"], rows["translate"]
@@ -446,12 +446,13 @@ def test_ulca_st_jitter_paste_changes_only_the_pasted_objects_and_no_other_draw(
     from nightseg.engine import train
 
     data = synthetic_set(COUNTS)
-    jitter = ["method.self_training.paste_style=jitter"]
+    first = ["method.self_training.paste_style=day", "method.self_training.always_paste=[]"]  # the first design
+    jitter = [*first, "method.self_training.paste_style=jitter"]
     identity = [*jitter, "method.self_training.paste_jitter={brightness: [1, 1], contrast: [1, 1], "
                 "saturation: [1, 1], hue: 0.0}"]
-    always = [f"method.self_training.always_paste=[{', '.join(CLASS_NAMES)}]"]
+    always = [*first, f"method.self_training.always_paste=[{', '.join(CLASS_NAMES)}]"]
     rows = {}
-    for name, extra in (("day", []), ("jitter", jitter), ("identity", identity), ("always", always)):
+    for name, extra in (("day", first), ("jitter", jitter), ("identity", identity), ("always", always)):
         train(recipe_config("ulca_st", data, relight_file, extra=extra), tmp_path / name)
         rows[name] = csv_losses(tmp_path / name)[0]
     day, jittered = rows["day"], rows["jitter"]
@@ -698,8 +699,21 @@ def test_benchmark_rows_load_with_their_overrides():
                          bench.ROW_OVERRIDES["ulca_st_jitter_always"]).method.self_training
     assert always.always_paste == ["person", "rider", "bus", "train", "motorcycle", "bicycle"]
     assert always.paste_style == "jitter"
-    default = load_config(REPO / "configs" / bench.ROWS["ulca_st"][0]).method.self_training
-    assert (default.label, default.paste_style) == ("teacher_dannet", "day")
+    # ulca_st's default is the measured best (jitter, the six dynamic classes always pasted), the same in
+    # the GPU config, the CPU config and the code; the benchmark's ulca_st rows keep the first design
+    from nightseg.methods.ulca_st import ALWAYS_PASTED, SelfTrainingParams
+
+    assert ALWAYS_PASTED == ("person", "rider", "bus", "train", "motorcycle", "bicycle")
+    code = SelfTrainingParams()
+    for config in ("ulca_st.yaml", "cpu/ulca_st.yaml"):
+        default = load_config(REPO / "configs" / config).method.self_training
+        assert (default.label, default.paste_style, default.always_paste) == ("teacher_dannet", "jitter",
+                                                                              list(ALWAYS_PASTED))
+        assert (default.paste_style, default.always_paste) == (code.paste_style, code.always_paste)
+    first = load_config(REPO / "configs" / bench.ROWS["ulca_st"][0], bench.ROW_OVERRIDES["ulca_st"]).method
+    assert (first.self_training.paste_style, first.self_training.always_paste) == ("day", [])
+    assert all(bench.ROW_OVERRIDES[row][:2] == bench.ULCA_ST_FIRST_DESIGN for row in bench.ROWS
+               if row.startswith("ulca_st"))
     rcs = load_config(REPO / "configs" / bench.ROWS["ulca_st_rcs_jitter"][0], bench.ROW_OVERRIDES["ulca_st_rcs_jitter"])
     assert rcs.data.source.dataset == "nightseg.data.rare_class:rare_class_sampling"
     assert rcs.data.source.options["temperature"] == 0.01
